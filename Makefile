@@ -1,0 +1,43 @@
+# fusegw — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs fio gcc python3-dev
+STAMP_DEB := $(VENV)/.deb-stamp
+STAMP_PY := $(VENV)/.py-stamp
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP_DEB) $(STAMP_PY)  ## idempotent: Debian packages + .venv with the project
+
+$(STAMP_DEB):
+	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PY): pyproject.toml | $(STAMP_DEB)
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -e '.[test,dev]'
+	@touch $@
+
+run: install  ## serve a demo gateway on ./var until Ctrl-C
+	$(BIN)/python scripts/demo.py
+
+test: install  ## the whole suite
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check fusegw backends mountd tests bench
+	$(BIN)/mypy fusegw backends mountd
+
+bench: install
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
+clean:
+	-rm -rf $(VENV) var
