@@ -1,0 +1,21 @@
+"""Backend selection by the volume's `backend` setting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backends.base import QuotaBackend
+from backends.vfs import VFSBackend
+
+BACKENDS: dict[str, type[QuotaBackend]] = {"vfs": VFSBackend}
+
+
+def get_backend(name: str, volume: Path, options: Mapping[str, Any] | None = None) -> QuotaBackend:
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise ValueError(f"unknown backend {name!r} (known: {known})") from None
+    return cls(volume, options)

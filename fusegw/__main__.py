@@ -1,0 +1,3 @@
+from fusegw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""`fusegw`: the command line. `fusegw SOURCE MOUNTPOINT -o OPTS` (mount.fuse3's form) is mount."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fusegw.cli import mount
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+COMMANDS = ("mount",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusegw", description="FUSE quota gateway for the shared storage of AI clusters.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    mount.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in COMMANDS:
+        args_list.insert(0, "mount")  # fstab: mount.fuse3 runs `fusegw SOURCE MOUNTPOINT -o ...`
+    args = build_parser().parse_args(args_list)
+    result: int = args.func(args)
+    return result

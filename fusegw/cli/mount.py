@@ -1,0 +1,173 @@
+"""`fusegw mount`: serve a volume. Without --foreground it returns once the mount answers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fusegw import logs
+from fusegw.daemon import MountSettings, StartupError, preflight, run_gateway
+
+DEFAULT_CONFIG = "/etc/fusegw/fusegw.toml"
+# Options mount(8)/mount.fuse3 pass that are not FUSE session options.
+IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "auto", "noauto", "user", "nouser",
+                         "defaults", "_netdev", "nofail", "async"}
+OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
+               "cache_timeout", "log_file", "log_level"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("mount", help="mount a volume through the gateway",
+                       description="Mount SOURCE (a volume directory) at MOUNTPOINT.")
+    p.add_argument("source")
+    p.add_argument("mountpoint")
+    p.add_argument("--backend", help="quota backend (default: from config, else vfs)")
+    p.add_argument("--volume", help="volume name (default: basename of SOURCE)")
+    p.add_argument("--config", help=f"TOML configuration (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--control-socket", help="control socket path "
+                   "(default /run/fusegw/<volume>.sock)")
+    p.add_argument("--admin-group", help="group whose members may use the control socket")
+    p.add_argument("--xattr-limits", action="store_true", default=None,
+                   help="allow root in this mount namespace to set limits with setfattr")
+    p.add_argument("-o", dest="options", action="append", default=[],
+                   help="comma-separated mount options (FUSE options and the ones above)")
+    p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    p.add_argument("--log-file", help="log here (default: stderr in the foreground, "
+                   "/var/log/fusegw/<volume>.log in the background)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _split_options(values: list[str]) -> tuple[dict[str, str], set[str]]:
+    own: dict[str, str] = {}
+    fuse: set[str] = set()
+    for value in values:
+        for opt in filter(None, value.split(",")):
+            key, _, val = opt.partition("=")
+            if key in OWN_OPTIONS:
+                own[key] = val or "1"
+            elif key not in IGNORED_MOUNT_OPTIONS:
+                fuse.add(opt)
+    return own, fuse
+
+
+def _config_volume(path: str | None, name: str | None, source: str) -> dict[str, Any]:
+    """The `[volume.NAME]` table that names this volume (by name, else by path)."""
+    config_path = path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if config_path is None:
+        return {}
+    try:
+        with open(config_path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise StartupError(f"config {config_path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise StartupError(f"config {config_path}: {e}") from None
+    volumes = data.get("volume", {})
+    if name and name in volumes:
+        return dict(volumes[name], name=name, _node=data)
+    for vname, table in volumes.items():
+        if os.path.abspath(table.get("path", "")) == os.path.abspath(source):
+            return dict(table, name=vname, _node=data)
+    return {"_node": data}
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[str, str]]:
+    own, fuse = _split_options(args.options)
+    volume = args.volume or own.get("volume")
+    conf = _config_volume(args.config or own.get("config"), volume, args.source)
+    node = conf.pop("_node", {})
+    vopts = dict(conf.get("options", {}))
+    settings = MountSettings(
+        source=Path(args.source),
+        mountpoint=Path(args.mountpoint),
+        backend=args.backend or own.get("backend") or conf.get("backend", "vfs"),
+        volume=volume or conf.get("name", ""),
+        control_socket=_path(args.control_socket or own.get("control_socket")
+                             or vopts.pop("control_socket", None)),
+        admin_group=(args.admin_group or own.get("admin_group")
+                     or node.get("control", {}).get("admin_group")),
+        xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
+                          or vopts.pop("xattr_limits", False)),
+        cache_timeout=float(own.get("cache_timeout", vopts.pop("cache_timeout", 1.0))),
+        fuse_options=fuse,
+        backend_options=vopts,
+    )
+    return settings, own
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings, own = settings_from_args(args)
+        preflight(settings)
+    except StartupError as e:
+        print(f"fusegw: {e}", file=sys.stderr)
+        return 1
+    log_file = args.log_file or own.get("log_file")
+    level = args.log_level or own.get("log_level") or "INFO"
+    if args.foreground:
+        return _foreground(settings, log_file, level, args.ready_fd)
+    return _background(args, settings, log_file, level)
+
+
+def _foreground(settings: MountSettings, log_file: str | None, level: str,
+                ready_fd: int | None) -> int:
+    logs.setup(level, log_file)
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"OK\n")
+            os.close(ready_fd)
+
+    try:
+        run_gateway(settings, ready)
+    except StartupError as e:
+        if ready_fd is not None:
+            os.write(ready_fd, f"ERR {e}\n".encode())
+        print(f"fusegw: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _background(args: argparse.Namespace, settings: MountSettings, log_file: str | None,
+                level: str) -> int:
+    """Start the daemon detached and wait until it answers on the mount, or says why not."""
+    if log_file is None:
+        os.makedirs("/var/log/fusegw", exist_ok=True)
+        log_file = f"/var/log/fusegw/{settings.volume}.log"
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "fusegw", "mount", args.source, args.mountpoint,
+            "--foreground", "--ready-fd", str(write_fd), "--log-file", log_file,
+            "--log-level", level, *[a for o in args.options for a in ("-o", o)]]
+    for flag, value in (("--backend", args.backend), ("--volume", args.volume),
+                        ("--config", args.config), ("--control-socket", args.control_socket),
+                        ("--admin-group", args.admin_group)):
+        if value:
+            argv += [flag, value]
+    if args.xattr_limits:
+        argv.append("--xattr-limits")
+    child = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = pipe.readline().decode(errors="replace").strip()
+    if answer == "OK":
+        print(f"fusegw: {settings.source} mounted at {settings.mountpoint} (pid {child.pid}, "
+              f"socket {settings.control_socket}, log {log_file})")
+        return 0
+    child.wait()
+    reason = answer[4:] if answer.startswith("ERR ") else (
+        f"the gateway exited with status {child.returncode}; see {log_file}")
+    print(f"fusegw: {reason}", file=sys.stderr)
+    return 1

@@ -1,0 +1,154 @@
+"""The ASGI application: request parsing, authorisation, routing, problem+json answers.
+
+A bad request never produces a 5xx and never changes state: every parameter is validated
+before a handler touches anything, and every failure is a `GatewayError` with its status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fusegw.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidParameters,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from fusegw.scopes import Caller
+
+log = logging.getLogger("fusegw.control")
+
+MAX_BODY = 64 * 1024
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The connecting process, from SO_PEERCRED (or a token-checked TCP client, uid -1)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+class ControlApp:
+    def __init__(self, admin_gid: int | None = None) -> None:
+        self.routes: dict[str, dict[str, Handler]] = {}
+        self.admin_gid = admin_gid
+        self.public = {("GET", "/")}
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self.routes.setdefault(path, {})[method] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.monotonic()
+        try:
+            status, body = await self._handle(scope, receive)
+        except GatewayError as e:
+            status, body = e.status, e.problem()
+        except Exception:  # a bug, never a bad request: keep serving and say so
+            log.exception("control request failed")
+            status, body = 500, GatewayError("internal error").problem()
+        await _respond(send, status, body)
+        log.debug("request method=%s path=%s status=%d ms=%.2f", scope["method"], scope["path"],
+                  status, (time.monotonic() - started) * 1000)
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
+        methods = self.routes.get(scope["path"])
+        if methods is None:
+            raise NotFound(f"no route {scope['path']}")
+        handler = methods.get(scope["method"])
+        if handler is None:
+            raise MethodNotAllowed(f"{scope['method']} not allowed on {scope['path']}")
+        peer: Peer | None = scope.get("extensions", {}).get("fusegw.peer")
+        if (scope["method"], scope["path"]) not in self.public:
+            self._authorize(peer)
+        params = await _params(scope, receive)
+        caller = Caller(peer.uid if peer else -1, peer.pid if peer else -1, "socket")
+        result = await handler(params, caller)
+        return (204, None) if result is None else (200, result)
+
+    def _authorize(self, peer: Peer | None) -> None:
+        if peer is None:
+            raise Forbidden("no peer credentials")
+        if peer.uid == 0:
+            return
+        if self.admin_gid is not None and (peer.gid == self.admin_gid
+                                           or self.admin_gid in peer.groups):
+            return
+        raise Forbidden(f"uid {peer.uid} is neither root nor in the admin group")
+
+
+async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
+    body = await _read_body(receive)
+    params: dict[str, Any] = {}
+    if scope["method"] == "GET" and scope.get("query_string"):
+        try:
+            query = scope["query_string"].decode("ascii")
+            params.update(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidParameters("malformed query string") from None
+    if body.strip():
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidParameters("request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidParameters("request body must be a JSON object")
+        params.update(data)
+    return params
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidParameters("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: Any) -> None:
+    if body is None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    ctype = b"application/problem+json" if status >= 400 else b"application/json"
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,69 @@
+"""The storage proxy's quota-scope routes, for one volume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fusegw.control import params as p
+from fusegw.control.app import ControlApp
+from fusegw.errors import VolumeNotFound
+from fusegw.scopes import Caller, ScopeService
+
+
+class VolumeRoutes:
+    """Binds the routes to one volume's scope service; `status` feeds `GET /`."""
+
+    def __init__(self, name: str, mountpoint: str, service: ScopeService,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.name = name
+        self.mountpoint = mountpoint
+        self.service = service
+        self.status = status
+
+    def install(self, app: ControlApp) -> None:
+        app.route("GET", "/", self.root)
+        app.route("GET", "/volumes", self.volumes)
+        app.route("POST", "/quota-scope", self.create_scope)
+        app.route("GET", "/quota-scope", self.get_scope)
+        app.route("PATCH", "/quota-scope", self.update_scope)
+        app.route("DELETE", "/quota-scope/quota", self.unset_quota)
+        app.route("DELETE", "/quota-scope", self.delete_scope)
+
+    def _volume(self, params: dict[str, Any]) -> None:
+        name = p.text(params, "volume")
+        if name != self.name:
+            raise VolumeNotFound(f"no volume {name!r} here", data={"volume": name})
+
+    async def root(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {"status": "ok", **self.status()}
+
+    async def volumes(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        backend = self.service.backend
+        return {"volumes": [{"name": self.name, "backend": backend.name,
+                             "path": self.mountpoint,
+                             "capabilities": sorted(backend.capabilities)}]}
+
+    async def create_scope(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        qsid = p.qsid(params)
+        limits = p.limits(p.options(params, required=False))
+        await self.service.create(qsid, limits, caller)
+
+    async def get_scope(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        return await self.service.describe(p.qsid(params))
+
+    async def update_scope(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        qsid = p.qsid(params)
+        changes = p.limit_changes(p.options(params, required=True), required=True)
+        await self.service.update(qsid, changes, caller, create_missing=True)
+
+    async def unset_quota(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        await self.service.unset(p.qsid(params), caller)
+
+    async def delete_scope(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        await self.service.delete(p.qsid(params), caller)

@@ -1,0 +1,238 @@
+"""One gateway: checks, volume state, the FUSE session and the control socket in one trio loop."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from backends import QuotaBackend, get_backend
+from fusegw import __version__
+from fusegw.control.app import ControlApp
+from fusegw.control.routes import VolumeRoutes
+from fusegw.control.server import bind_unix, resolve_group, serve_unix
+from fusegw.errors import GatewayError
+from fusegw.fs.operations import GatewayOperations
+from fusegw.fs.xattrs import UsageXattrs
+from fusegw.layout import prepare_volume
+from fusegw.ledger import Ledger
+from fusegw.scopes import ScopeService
+from fusegw.state import StateDir
+from fusegw.state.lease import Lease
+from fusegw.state.registry import Registry
+
+log = logging.getLogger("fusegw")
+
+DEFAULT_SOCKET_DIR = Path("/run/fusegw")
+
+
+class StartupError(Exception):
+    """A one-line reason the gateway cannot start (missing source, busy mount point, ...)."""
+
+
+@dataclass
+class MountSettings:
+    source: Path
+    mountpoint: Path
+    backend: str = "vfs"
+    volume: str = ""
+    control_socket: Path | None = None
+    admin_group: str | None = None
+    xattr_limits: bool = False
+    cache_timeout: float = 1.0
+    fuse_options: set[str] = field(default_factory=set)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.source = Path(os.path.abspath(self.source))
+        self.mountpoint = Path(os.path.abspath(self.mountpoint))
+        if not self.volume:
+            self.volume = self.source.name or "root"
+        if self.control_socket is None:
+            self.control_socket = DEFAULT_SOCKET_DIR / f"{self.volume}.sock"
+
+
+def preflight(s: MountSettings) -> None:
+    """Refuse early, in one line, what would otherwise fail obscurely inside libfuse."""
+    if not s.source.exists():
+        raise StartupError(f"source {s.source} does not exist")
+    if not s.source.is_dir():
+        raise StartupError(f"source {s.source} is not a directory")
+    if not s.mountpoint.exists():
+        raise StartupError(f"mount point {s.mountpoint} does not exist")
+    if not s.mountpoint.is_dir():
+        raise StartupError(f"mount point {s.mountpoint} is not a directory")
+    if os.path.ismount(s.mountpoint):
+        raise StartupError(f"mount point {s.mountpoint} is busy (already a mount point)")
+    if s.mountpoint == s.source or s.source in s.mountpoint.parents:
+        raise StartupError(f"mount point {s.mountpoint} lies inside source {s.source}")
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except FileNotFoundError:
+        raise StartupError("/dev/fuse is missing (is the fuse module loaded?)") from None
+    except OSError as e:
+        raise StartupError(f"/dev/fuse cannot be opened: {e.strerror}") from None
+
+
+class Gateway:
+    """Everything one mounted volume needs, started and stopped in order."""
+
+    def __init__(self, settings: MountSettings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.backend: QuotaBackend = get_backend(settings.backend, settings.source,
+                                                 settings.backend_options)
+        self.state = StateDir(settings.source)
+        self.registry = Registry(self.state)
+        self.ledger = Ledger(settings.source, self.state)
+        self.lease: Lease | None = None
+        self.service = ScopeService(self.registry, self.ledger, self.backend,
+                                    on_change=self._invalidate_scope)
+        self.ops: GatewayOperations | None = None
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def open_volume(self) -> list[Any]:
+        """Check the layout, take the lease, load scopes; return the scopes to rebuild."""
+        prepare_volume(self.settings.source)
+        self.state.open()
+        if not self.backend.enforces_bytes:
+            self.lease = Lease(self.state)
+            self.lease.acquire()
+        self.registry.load()
+        for pathname, rec in self.registry.scopes.items():
+            scope = self.ledger.add_scope(rec.qsid, rec.limit_bytes, rec.limit_inodes)
+            if not (self.settings.source / pathname).is_dir():
+                os.mkdir(self.settings.source / pathname, 0o755)
+                log.warning("scope directory was missing, recreated scope=%s", scope.qsid)
+        return self.ledger.start_rebuild(self.ledger.load())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "volume": self.settings.volume,
+            "backend": self.backend.name,
+            "source": str(self.settings.source),
+            "mountpoint": str(self.settings.mountpoint),
+            "pid": os.getpid(),
+            "started_at": self.started,
+            "scopes": len(self.ledger.scopes),
+            "inodes_cached": len(self.ops.inodes) if self.ops else 0,
+            "rebuilding": sorted(str(s.qsid) for s in self.ledger.scopes.values()
+                                 if s.rebuilding),
+            "rebuilds": self.ledger.rebuilds,
+        }
+
+    def _invalidate_scope(self, pathname: str) -> None:
+        if self.ops is not None:
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pathname.encode(),  # type: ignore[arg-type]
+                                           ignore_enoent=True)
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        s = self.settings
+        rebuild = self.open_volume()
+        root_fd = os.open(s.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits)
+        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
+        app = ControlApp(resolve_group(s.admin_group))
+        VolumeRoutes(s.volume, str(s.mountpoint), self.service, self.status).install(app)
+        assert s.control_socket is not None
+        sock = bind_unix(s.control_socket, gid=app.admin_gid)
+        options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",
+                   "default_permissions", *s.fuse_options}
+        pyfuse3.init(self.ops, str(s.mountpoint), options)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fuse_main, nursery.cancel_scope)
+                await nursery.start(serve_unix, app, sock)
+                nursery.start_soon(self._signals)
+                nursery.start_soon(self.ledger.flush_loop)
+                if self.lease is not None:
+                    nursery.start_soon(self._renew_lease)
+                for scope in rebuild:
+                    nursery.start_soon(self.ledger.rebuild, scope)
+                await trio.to_thread.run_sync(os.stat, s.mountpoint)  # served by us: mounted
+                log.info("serving volume=%s source=%s mountpoint=%s socket=%s", s.volume,
+                         s.source, s.mountpoint, s.control_socket)
+                ready()
+        finally:
+            self._stop(sock)
+
+    async def _fuse_main(self, cancel_scope: trio.CancelScope) -> None:
+        try:
+            await pyfuse3.main()
+        finally:
+            cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal %s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async def _renew_lease(self) -> None:
+        assert self.lease is not None
+        while True:
+            await trio.sleep(self.lease.ttl / 3)
+            await trio.to_thread.run_sync(self.lease.renew)
+
+    def _stop(self, sock: trio.socket.SocketType) -> None:
+        pyfuse3.close(unmount=True)
+        sock.close()
+        try:
+            if self.settings.control_socket:
+                os.unlink(self.settings.control_socket)
+        except OSError:
+            pass
+        try:
+            self.ledger.flush(force=True)
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+            if self.ops is not None:
+                self.ops.inodes.close_all()
+        log.info("unmounted volume=%s", self.settings.volume)
+
+
+def raise_fd_limit() -> None:
+    """Each inode the kernel knows holds one O_PATH descriptor: allow as many as the system."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except OSError:
+        ceiling = hard
+    for limit in (ceiling, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+            return
+        except (ValueError, OSError):
+            continue
+
+
+def run_gateway(settings: MountSettings, ready: Callable[[], None]) -> None:
+    """Run in the foreground until unmounted or signalled; StartupError for refusals."""
+    preflight(settings)
+    raise_fd_limit()
+    try:
+        trio.run(Gateway(settings).run, ready)
+    except GatewayError as e:
+        raise StartupError(e.detail) from None
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
+            raise StartupError(str(e)) from None
+        raise
+
+
+__all__ = ["Gateway", "MountSettings", "StartupError", "preflight", "run_gateway"]

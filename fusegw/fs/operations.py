@@ -1,0 +1,496 @@
+"""The pyfuse3 `Operations` of the gateway: a passthrough with quota admission.
+
+Every handler acts on the backing volume through O_PATH descriptors and `*at` calls that never
+follow a symlink, so no request reaches outside the volume. A change that can grow a scope is
+admitted by the ledger first (EDQUOT if it would pass a limit), recorded as a change of the
+scope, done, and then charged with what the backing filesystem really allocated (the `st_blocks`
+difference), so usage stays what `du -s -B1` prints. Syscalls run inline on the event loop: on
+a local disk they are shorter than a thread hop, and an admission check and the change it admits
+cannot interleave with another request.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from fusegw.errors import GatewayError
+from fusegw.fs import syscalls
+from fusegw.fs.attrs import entry_attributes, statvfs_data, write_growth
+from fusegw.fs.inodes import O_PATH_FLAGS, InodeTable, Node
+from fusegw.fs.xattrs import UsageXattrs
+from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, vfolder_hex
+from fusegw.ledger import Ledger, ScopeUsage
+
+log = logging.getLogger("fusegw.fs")
+
+HIDDEN_AT_ROOT = STATE_DIR.encode()
+FAST_SYMLINK_MAX = 59  # ext4 keeps targets shorter than 60 bytes in the inode
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def fuse_errors(fn: F) -> F:
+    """Turn every failure into an errno: an exception escaping a handler kills the mount."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except GatewayError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except Exception:
+            log.exception("handler %s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return cast(F, wrapper)
+
+
+@dataclass(slots=True)
+class OpenFile:
+    node: Node
+
+
+@dataclass(slots=True)
+class OpenDir:
+    node: Node
+    names: list[bytes] | None = None
+
+
+class GatewayOperations(pyfuse3.Operations):
+    """FUSE operations over one volume. `ledger` holds the scopes; `xattrs` answers usage."""
+
+    enable_writeback_cache = False  # a refused write must fail in write(), not at close()
+
+    def __init__(self, root_fd: int, ledger: Ledger, xattrs: UsageXattrs,
+                 timeout: float = 1.0) -> None:
+        super().__init__()
+        self.inodes = InodeTable(root_fd)
+        self.ledger = ledger
+        self.xattrs = xattrs
+        self.timeout = timeout
+        self.files: dict[int, OpenFile] = {}
+        self.dirs: dict[int, OpenDir] = {}
+        self._next_dir = 1
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _scope(self, node: Node) -> ScopeUsage | None:
+        return self.ledger.scopes.get(node.scope) if node.scope is not None else None
+
+    def _attrs(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        return entry_attributes(node.ino, st, self.timeout)
+
+    @staticmethod
+    def _check_parent(parent: Node, name: bytes) -> None:
+        """The volume root is the gateway's: scopes come and go through the control socket."""
+        if parent.depth == 0:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if name in (b".", b"..") or b"/" in name:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def _begin(self, node: Node, nbytes: int = 0, ninodes: int = 0,
+                     growth: bool = True) -> ScopeUsage | None:
+        """Admit a change in node's scope (EDQUOT beyond a limit) and record it as begun."""
+        scope = self._scope(node)
+        if scope is None:
+            return None
+        if scope.rebuilding:
+            await self.ledger.admit(scope, growth)
+        if growth:
+            scope.check_growth(nbytes, ninodes)
+        self.ledger.begin_change(scope)
+        return scope
+
+    def _charge(self, scope: ScopeUsage | None, vf: str | None, nbytes: int, ninodes: int) -> None:
+        if scope is not None and (nbytes or ninodes):
+            scope.charge(scope.vfolder(vf) if vf else None, nbytes, ninodes)
+
+    def _settle_dir(self, scope: ScopeUsage | None, parent: Node, before: os.stat_result) -> None:
+        """Charge what a directory grew or shrank by while entries were added or removed."""
+        if scope is not None:
+            after = os.fstat(parent.fd)
+            self._charge(scope, parent.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+
+    def _own(self, parent_st: os.stat_result, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
+        """Owner of a new entry: the caller, with the group of a setgid parent."""
+        gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else ctx.gid
+        return ctx.uid, gid
+
+    def _new_entry(self, parent: Node, name: bytes, scope: ScopeUsage | None,
+                   parent_before: os.stat_result) -> tuple[Node, os.stat_result]:
+        """Adopt a just-created entry and charge it with the parent's growth."""
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        st = os.fstat(fd)
+        node = self.inodes.adopt(parent, name, st, fd)
+        self._charge_entry(scope, node.vf, node.depth == VFOLDER_DEPTH, st.st_blocks * 512, 1)
+        self._settle_dir(scope, parent, parent_before)
+        return node, st
+
+    # -- lookup and attributes ----------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        if parent.depth == 0 and name == HIDDEN_AT_ROOT:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        return self._attrs(self.inodes.adopt(parent, name, st), st)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        return self._attrs(node, os.stat(node.fd))
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        if fields.update_size:
+            # Shrinking is always allowed; an extending truncate allocates nothing.
+            scope = await self._begin(node, growth=False)
+            before = os.fstat(node.fd)
+            if fh is not None:
+                os.ftruncate(fh, attr.st_size)
+            else:
+                os.truncate(node.proc, attr.st_size)
+            after = os.fstat(node.fd)
+            if after.st_nlink:
+                self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+        if fields.update_mode:
+            if stat.S_ISLNK(node.mode):
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            os.chmod(node.proc, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            syscalls.fchown_empty(node.fd, uid, gid)
+        if fields.update_atime or fields.update_mtime:
+            syscalls.utimens_empty(
+                node.fd,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        return self._attrs(node, os.stat(node.fd))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        # readlinkat(fd, "") reads the symlink an O_PATH descriptor refers to.
+        return os.readlink(b"", dir_fd=self.inodes.get(inode).fd)
+
+    # -- namespace changes --------------------------------------------------------------------
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        scope = await self._begin(parent, 0, 1)
+        pst = os.fstat(parent.fd)
+        os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=parent.fd)
+        os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
+        node, st = self._new_entry(parent, name, scope, pst)
+        return self._attrs(node, st)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        pst = os.fstat(parent.fd)
+        scope = await self._begin(parent, pst.st_blksize, 1)
+        pst = os.fstat(parent.fd)
+        os.mkdir(name, mode & ~ctx.umask, dir_fd=parent.fd)
+        try:
+            os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            os.rmdir(name, dir_fd=parent.fd)
+            raise
+        node, st = self._new_entry(parent, name, scope, pst)
+        return self._attrs(node, st)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        pst = os.fstat(parent.fd)
+        nbytes = pst.st_blksize if len(target) > FAST_SYMLINK_MAX else 0
+        scope = await self._begin(parent, nbytes, 1)
+        pst = os.fstat(parent.fd)
+        os.symlink(target, name, dir_fd=parent.fd)
+        os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
+        node, st = self._new_entry(parent, name, scope, pst)
+        return self._attrs(node, st)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        scope = await self._begin(parent, 0, 1)
+        pst = os.fstat(parent.fd)
+        fd = os.open(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     mode & ~ctx.umask, dir_fd=parent.fd)
+        try:
+            uid, gid = self._own(pst, ctx)
+            if (uid, gid) != (0, 0):
+                os.fchown(fd, uid, gid)
+            node, st = self._new_entry(parent, name, scope, pst)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.files[fd] = OpenFile(node)
+        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT)), self._attrs(node, st)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        parent = self.inodes.get(new_parent_inode)
+        self._check_parent(parent, new_name)
+        if (node.scope, node.vf) != (parent.scope, parent.vf) or node.vf is None:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        scope = await self._begin(parent, 0, 0)
+        pst = os.fstat(parent.fd)
+        os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        self._settle_dir(scope, parent, pst)
+        st = os.stat(node.fd)
+        node.lookups += 1
+        return self._attrs(node, st)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        await self._remove(parent, name, is_dir=False)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.inodes.get(parent_inode)
+        self._check_parent(parent, name)
+        await self._remove(parent, name, is_dir=True)
+
+    async def _remove(self, parent: Node, name: bytes, is_dir: bool) -> None:
+        scope = await self._begin(parent, growth=False)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        pst = os.fstat(parent.fd)
+        if is_dir:
+            os.rmdir(name, dir_fd=parent.fd)
+        else:
+            os.unlink(name, dir_fd=parent.fd)
+        self._release_entry(scope, parent, name, st)
+        self._settle_dir(scope, parent, pst)
+
+    def _release_entry(self, scope: ScopeUsage | None, parent: Node, name: bytes,
+                       st: os.stat_result) -> None:
+        """Uncharge an entry that left the tree; a hard link's inode leaves with its last name."""
+        if scope is None:
+            return
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            return
+        vf_root = parent.depth + 1 == VFOLDER_DEPTH and stat.S_ISDIR(st.st_mode)
+        vf = _child_vfolder(parent, name) if vf_root else parent.vf
+        self._charge_entry(scope, vf, vf_root, -st.st_blocks * 512, -1)
+        if vf_root and vf is not None:
+            scope.vfolders.pop(vf, None)
+
+    def _charge_entry(self, scope: ScopeUsage | None, vf: str | None, vf_root: bool,
+                      nbytes: int, ninodes: int) -> None:
+        """Charge an entry; a vfolder's root counts in the scope's inodes, not the vfolder's."""
+        if scope is None:
+            return
+        if vf_root:
+            self._charge(scope, vf, nbytes, 0)
+            scope.used_inodes += ninodes
+        else:
+            self._charge(scope, vf, nbytes, ninodes)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        old = self.inodes.get(parent_inode_old)
+        new = self.inodes.get(parent_inode_new)
+        self._check_parent(old, name_old)
+        self._check_parent(new, name_new)
+        # Only inside one vfolder, as XFS project quotas: tools fall back to copy and delete.
+        if (old.scope, old.vf) != (new.scope, new.vf) or old.vf is None \
+                or old.depth < VFOLDER_DEPTH:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        scope = await self._begin(new, 0, 0)
+        replaced = None
+        if not flags & pyfuse3.RENAME_EXCHANGE:
+            try:
+                replaced = os.stat(name_new, dir_fd=new.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+        old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
+        syscalls.renameat2(old.fd, name_old, new.fd, name_new, flags)
+        if replaced is not None:
+            self._release_entry(scope, new, name_new, replaced)
+        self._settle_dir(scope, old, old_st)
+        if new is not old:
+            self._settle_dir(scope, new, new_st)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if not stat.S_ISREG(node.mode):
+            raise pyfuse3.FUSEError(errno.ELOOP if stat.S_ISLNK(node.mode) else errno.EPERM)
+        fd = os.open(node.proc, _backing_flags(flags))
+        self.files[fd] = OpenFile(node)
+        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT))
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        node = self.files[fh].node
+        scope = self._scope(node)
+        if scope is None:
+            return os.pwrite(fh, buf, off)
+        if scope.rebuilding:
+            await self.ledger.admit(scope, True)
+        before = os.fstat(fh)
+        scope.check_growth(write_growth(before, off, len(buf)), 0)
+        self.ledger.begin_change(scope)
+        written = os.pwrite(fh, buf, off)
+        after = os.fstat(fh)
+        if after.st_nlink:  # an unlinked file no longer counts, as for du
+            self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+        return written
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        self.files.pop(fh, None)
+        os.close(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+
+    # -- directories --------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.inodes.get(inode)
+        fh = self._next_dir
+        self._next_dir += 1
+        self.dirs[fh] = OpenDir(node)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self.dirs[fh]
+        parent = handle.node
+        if start_id == 0 or handle.names is None:
+            handle.names = self._list(parent)
+        names = handle.names
+        for i in range(start_id, len(names)):
+            name = names[i]
+            try:
+                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                node = self.inodes.adopt(parent, name, st)
+            except OSError:
+                continue  # gone since the listing
+            if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), i + 1):
+                self.inodes.forget(node.ino, 1)  # not sent: the kernel took no lookup
+                break
+
+    @staticmethod
+    def _list(parent: Node) -> list[bytes]:
+        names = os.listdir(parent.proc.encode())
+        if parent.depth == 0:
+            names = [n for n in names if n != HIDDEN_AT_ROOT]
+        return names
+
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        node = self.dirs[fh].node
+        fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        return statvfs_data(os.statvfs(self.inodes.root.proc))
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True  # default_permissions: the kernel checks
+
+    # -- extended attributes ------------------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.get(inode)
+        value = self.xattrs.get(node, name)
+        if value is not None:
+            return value
+        if self.xattrs.is_reserved(name) or stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return os.getxattr(node.proc, name)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self.inodes.get(inode)
+        own = [] if stat.S_ISLNK(node.mode) else [n.encode() for n in os.listxattr(node.proc)]
+        return own + self.xattrs.names(node)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        node = self.inodes.get(inode)
+        if self.xattrs.is_reserved(name):
+            await self.xattrs.set(node, name, value, ctx)
+            return
+        if stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        scope = await self._begin(node, 0, 0)
+        before = os.stat(node.fd)
+        os.setxattr(node.proc, name, value)
+        self._settle_node(scope, node, before)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self.inodes.get(inode)
+        if self.xattrs.is_reserved(name):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        scope = await self._begin(node, growth=False)
+        before = os.stat(node.fd)
+        os.removexattr(node.proc, name)
+        self._settle_node(scope, node, before)
+
+    def _settle_node(self, scope: ScopeUsage | None, node: Node, before: os.stat_result) -> None:
+        """Charge an xattr block the backing filesystem added or freed for the node."""
+        if scope is not None:
+            after = os.stat(node.fd)
+            self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+
+
+def _backing_flags(flags: int) -> int:
+    """Open flags for the backing file: O_DIRECT would demand aligned buffers (and EINVAL)."""
+    return (flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_CLOEXEC
+
+
+def _child_vfolder(parent: Node, name: bytes) -> str | None:
+    prefix = parent.prefix
+    return vfolder_hex(prefix[:2], prefix[2:], name.decode("ascii", "replace"))
+
+
+for _name in (
+    "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "symlink", "create",
+    "link", "unlink", "rmdir", "rename", "open", "read", "write", "flush", "release", "fsync",
+    "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "access", "getxattr", "listxattr",
+    "setxattr", "removexattr",
+):
+    setattr(GatewayOperations, _name, fuse_errors(getattr(GatewayOperations, _name)))

@@ -1,0 +1,56 @@
+"""The few `*at` calls Python's os module cannot express: renameat2 and AT_EMPTY_PATH forms.
+
+They let the gateway act on an inode through its O_PATH descriptor, symlinks included, without
+ever resolving a path on the backing side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+UTIME_OMIT = (1 << 30) - 2
+
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                           ctypes.c_int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec),
+                            ctypes.c_int]
+
+
+def _check(ret: int) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    _check(_libc.renameat2(olddir, old, newdir, new, flags))
+
+
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """chown the inode behind an O_PATH descriptor (a symlink itself, not its target)."""
+    _check(_libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH))
+
+
+def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set times on the inode behind an O_PATH descriptor; None leaves that time alone."""
+    times = (_Timespec * 2)()
+    for i, ns in enumerate((atime_ns, mtime_ns)):
+        if ns is None:
+            times[i].tv_sec, times[i].tv_nsec = 0, UTIME_OMIT
+        else:
+            times[i].tv_sec, times[i].tv_nsec = divmod(ns, 1_000_000_000)
+    _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))

@@ -1,0 +1,71 @@
+"""The volume layout (version 3) and the refusal of the flat version-2 layout.
+
+`<volume>/<scope hex>/<fid[0:2]>/<fid[2:4]>/<fid[4:]>/…`. Depth counts from the volume root:
+1 is a scope directory, 2 and 3 are the fan-out directories, 4 is a vfolder's root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from fusegw.errors import VolumeRefused
+
+LAYOUT_VERSION = 3
+VERSION_FILE = "version.txt"
+STATE_DIR = ".fusegw"
+
+SCOPE_DEPTH = 1
+VFOLDER_DEPTH = 4
+
+_SCOPE_NAME = re.compile(r"[0-9a-f]{32}")
+_FANOUT_NAME = re.compile(r"[0-9a-f]{2}")
+
+
+def is_scope_name(name: str) -> bool:
+    return _SCOPE_NAME.fullmatch(name) is not None
+
+
+def vfolder_hex(fanout1: str, fanout2: str, leaf: str) -> str | None:
+    """The folder hex that the three path components below a scope spell, if they spell one."""
+    if len(fanout1) != 2 or len(fanout2) != 2:
+        return None
+    h = fanout1 + fanout2 + leaf
+    return h if _SCOPE_NAME.fullmatch(h) else None
+
+
+def _has_v2_vfolders(root: Path) -> bool:
+    with os.scandir(root) as entries:
+        return any(
+            e.is_dir(follow_symlinks=False) and _FANOUT_NAME.fullmatch(e.name) for e in entries
+        )
+
+
+def prepare_volume(root: Path) -> None:
+    """Check the layout version, writing `3` on a new volume; refuse a v2 volume.
+
+    A volume that says 2, or says nothing but holds flat v2 vfolders, must be migrated first:
+    serving it as v3 would present vfolders outside any quota scope.
+    """
+    version_path = root / VERSION_FILE
+    try:
+        text = version_path.read_text().strip()
+    except FileNotFoundError:
+        text = None
+    if text is None:
+        if _has_v2_vfolders(root):
+            raise VolumeRefused(
+                f"{root} holds flat version-2 vfolders and no version.txt; "
+                "run `fusegw migrate` to move it to layout version 3"
+            )
+        tmp = root / (VERSION_FILE + ".tmp")
+        tmp.write_text(f"{LAYOUT_VERSION}\n")
+        os.replace(tmp, version_path)
+        return
+    if text == "2":
+        raise VolumeRefused(
+            f"{root} uses layout version 2; run `fusegw migrate` to move it to version 3"
+        )
+    if text != str(LAYOUT_VERSION):
+        raise VolumeRefused(f"{root}: unsupported layout version {text!r} in {VERSION_FILE}")

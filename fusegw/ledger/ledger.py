@@ -1,0 +1,169 @@
+"""The ledger: every scope's usage, kept exact by the filesystem operations, persisted on the
+volume, and rebuilt after an unclean stop for the scopes that were being changed.
+
+Crash safety rests on one rule: before the first change to a scope after a snapshot, the scope
+is recorded (durably) in `dirty.json`. A snapshot is written once a scope has been quiet for a
+moment, and only then is the scope taken off the dirty list. So after kill -9 every scope whose
+snapshot may be stale is on the list, and only those are rescanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fusegw.ids import QuotaScopeID
+from fusegw.ledger.scan import ScanResult, scan_scope
+from fusegw.ledger.usage import QuotaExceeded, ScopeUsage
+from fusegw.state.store import StateDir
+
+log = logging.getLogger("fusegw.ledger")
+
+SNAPSHOT_FILE = "ledger.json"
+DIRTY_FILE = "dirty.json"
+QUIET_SECONDS = 1.0
+UNFROZEN_ATTEMPTS = 2
+
+__all__ = ["Ledger", "QuotaExceeded"]
+
+
+class Ledger:
+    def __init__(self, volume: Path, state: StateDir) -> None:
+        self.volume = volume
+        self.state = state
+        self.scopes: dict[str, ScopeUsage] = {}
+        self.rebuilds: list[dict[str, Any]] = []  # what was rescanned since start, for status
+
+    # -- admission and charging (called synchronously from FUSE handlers) --------------------
+
+    async def admit(self, scope: ScopeUsage, growth: bool) -> None:
+        """Wait while a rebuild holds the scope: growth until it ends, shrinks only when frozen."""
+        while scope.rebuilding and (growth or scope.frozen):
+            await scope.ready.wait()
+
+    def begin_change(self, scope: ScopeUsage) -> None:
+        """Record durably that the scope is about to change, before the change reaches disk."""
+        scope.generation += 1
+        scope.last_change = time.monotonic()
+        if not scope.dirty:
+            scope.dirty = True
+            self._write_dirty()
+
+    # -- scope registry mirror ------------------------------------------------------------------
+
+    def add_scope(self, qsid: QuotaScopeID, limit_bytes: int, limit_inodes: int) -> ScopeUsage:
+        scope = ScopeUsage(qsid, limit_bytes, limit_inodes)
+        self.scopes[scope.pathname] = scope
+        return scope
+
+    def remove_scope(self, pathname: str) -> None:
+        self.scopes.pop(pathname, None)
+        self.flush(force=True)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def load(self) -> list[ScopeUsage]:
+        """Fill figures from the snapshot; return the scopes that need a rebuild."""
+        snapshot = self.state.read(SNAPSHOT_FILE)
+        dirty = self.state.read(DIRTY_FILE)
+        saved: dict[str, Any] = (snapshot or {}).get("scopes", {})
+        stale = set((dirty or {}).get("dirty", []))
+        need: list[ScopeUsage] = []
+        for pathname, scope in self.scopes.items():
+            rec = saved.get(pathname)
+            if rec is None or pathname in stale:
+                need.append(scope)
+                continue
+            scope.set_figures(rec["used_bytes"], rec["used_inodes"], rec.get("vfolders", {}))
+        return need
+
+    def flush(self, force: bool = False) -> None:
+        """Snapshot, then clear the dirty marks of scopes quiet for QUIET_SECONDS (all if force)."""
+        now = time.monotonic()
+        settled = [
+            s for s in self.scopes.values()
+            if s.dirty and not s.rebuilding and (force or now - s.last_change >= QUIET_SECONDS)
+        ]
+        if not settled and not force:
+            return
+        self.state.write(SNAPSHOT_FILE, {"scopes": {p: _figures(s) for p, s in self.scopes.items()}})
+        for s in settled:
+            s.dirty = False
+        self._write_dirty()
+
+    def _write_dirty(self) -> None:
+        dirty = sorted(p for p, s in self.scopes.items() if s.dirty or s.rebuilding)
+        self.state.write(DIRTY_FILE, {"dirty": dirty})
+
+    async def flush_loop(self, interval: float = 0.5) -> None:
+        while True:
+            await trio.sleep(interval)
+            if any(s.dirty for s in self.scopes.values()):
+                self.flush()
+
+    # -- rebuild --------------------------------------------------------------------------------
+
+    def start_rebuild(self, scopes: Iterable[ScopeUsage]) -> list[ScopeUsage]:
+        """Mark the scopes as rebuilding (growth waits from now on) and durably dirty."""
+        marked = list(scopes)
+        for s in marked:
+            s.ready = trio.Event()
+            s.dirty = True
+        if marked:
+            self._write_dirty()
+        return marked
+
+    async def rebuild(self, scope: ScopeUsage) -> None:
+        """Rescan one scope while the mount keeps answering.
+
+        Shrinks may run during the first attempts; if one did (the generation moved), the scan
+        is repeated, and the last attempt freezes the scope so that it must settle.
+        """
+        started = time.monotonic()
+        path = str(self.volume / scope.pathname)
+        log.info("rebuild start scope=%s", scope.qsid)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                scope.frozen = attempt > UNFROZEN_ATTEMPTS
+                generation = scope.generation
+                result = await self._scan(scope, path)
+                if scope.generation == generation or scope.frozen:
+                    break
+        finally:
+            scope.frozen = False
+        scope.set_figures(result.used_bytes, result.used_inodes, result.vfolders)
+        scope.ready.set()
+        seconds = time.monotonic() - started
+        self.rebuilds.append(
+            {"qsid": str(scope.qsid), "files": result.files, "seconds": round(seconds, 3),
+             "attempts": attempt}
+        )
+        log.info(
+            "rebuild done scope=%s files=%d used_bytes=%d used_inodes=%d seconds=%.2f",
+            scope.qsid, result.files, result.used_bytes, result.used_inodes, seconds,
+        )
+        self.flush(force=True)
+
+    async def _scan(self, scope: ScopeUsage, path: str) -> ScanResult:
+        def progress(files: int) -> None:
+            log.info("rebuild progress scope=%s files=%d", scope.qsid, files)
+
+        if not os.path.isdir(path):
+            return ScanResult()
+        return await trio.to_thread.run_sync(scan_scope, path, progress)
+
+
+def _figures(scope: ScopeUsage) -> dict[str, Any]:
+    return {
+        "used_bytes": scope.used_bytes,
+        "used_inodes": scope.used_inodes,
+        "vfolders": {h: [v.used_bytes, v.used_inodes] for h, v in scope.vfolders.items()},
+    }
