@@ -130,6 +130,7 @@ class Gateway:
             "inodes_cached": len(self.ops.inodes) if self.ops else 0,
             "rebuilding": sorted(str(s.qsid) for s in self.ledger.scopes.values()
                                  if s.rebuilding),
+            "waiting_for_rebuild": sum(s.waiting for s in self.ledger.scopes.values()),
             "rebuilds": self.ledger.rebuilds,
         }
 

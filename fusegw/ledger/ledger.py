@@ -45,7 +45,11 @@ class Ledger:
     async def admit(self, scope: ScopeUsage, growth: bool) -> None:
         """Wait while a rebuild holds the scope: growth until it ends, shrinks only when frozen."""
         while scope.rebuilding and (growth or scope.frozen):
-            await scope.ready.wait()
+            scope.waiting += 1
+            try:
+                await scope.ready.wait()
+            finally:
+                scope.waiting -= 1
 
     def begin_change(self, scope: ScopeUsage) -> None:
         """Record durably that the scope is about to change, before the change reaches disk."""
@@ -128,6 +132,7 @@ class Ledger:
         started = time.monotonic()
         path = str(self.volume / scope.pathname)
         log.info("rebuild start scope=%s", scope.qsid)
+        await _test_gate()
         attempt = 0
         try:
             while True:
@@ -159,6 +164,14 @@ class Ledger:
         if not os.path.isdir(path):
             return ScanResult()
         return await trio.to_thread.run_sync(scan_scope, path, progress)
+
+
+async def _test_gate() -> None:
+    """FUSEGW_REBUILD_GATE=PATH holds rebuilds until PATH exists: lets tests observe the mount
+    while a rebuild is pending, without depending on how fast the disk scans."""
+    gate = os.environ.get("FUSEGW_REBUILD_GATE")
+    while gate and not os.path.exists(gate):
+        await trio.sleep(0.05)
 
 
 def _figures(scope: ScopeUsage) -> dict[str, Any]:

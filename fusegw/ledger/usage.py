@@ -45,6 +45,7 @@ class ScopeUsage:
         self.ready = trio.Event()
         self.ready.set()
         self.frozen = False
+        self.waiting = 0  # requests held until the rebuild ends
         self.dirty = False
         self.generation = 0  # bumped by every change; a rebuild that saw it move scans again
         self.last_change = 0.0
