@@ -347,7 +347,15 @@ class GatewayOperations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if not stat.S_ISREG(node.mode):
             raise pyfuse3.FUSEError(errno.ELOOP if stat.S_ISLNK(node.mode) else errno.EPERM)
-        fd = os.open(node.proc, _backing_flags(flags))
+        if flags & os.O_TRUNC:  # atomic_o_trunc: the kernel truncates through open()
+            scope = await self._begin(node, growth=False)
+            before = os.stat(node.fd)
+            fd = os.open(node.proc, _backing_flags(flags))
+            after = os.fstat(fd)
+            if after.st_nlink:
+                self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+        else:
+            fd = os.open(node.proc, _backing_flags(flags))
         self.files[fd] = OpenFile(node)
         return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT))
 
