@@ -68,6 +68,13 @@ def preflight(s: MountSettings) -> None:
         raise StartupError(f"source {s.source} does not exist")
     if not s.source.is_dir():
         raise StartupError(f"source {s.source} is not a directory")
+    try:
+        os.stat(s.mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise StartupError(
+                f"mount point {s.mountpoint} is a dead FUSE mount (its gateway died); "
+                f"clear it with: fusermount3 -u -z {s.mountpoint}") from None
     if not s.mountpoint.exists():
         raise StartupError(f"mount point {s.mountpoint} does not exist")
     if not s.mountpoint.is_dir():
@@ -136,7 +143,7 @@ class Gateway:
 
     def _invalidate_scope(self, pathname: str) -> None:
         if self.ops is not None:
-            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pathname.encode(),  # type: ignore[arg-type]
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pathname.encode(),
                                            ignore_enoent=True)
 
     async def run(self, ready: Callable[[], None]) -> None:
@@ -208,7 +215,7 @@ class Gateway:
 
 def raise_fd_limit() -> None:
     """Each inode the kernel knows holds one O_PATH descriptor: allow as many as the system."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         with open("/proc/sys/fs/nr_open") as f:
             ceiling = int(f.read())

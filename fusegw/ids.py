@@ -25,7 +25,9 @@ def _parse_uuid(text: str, field: str) -> uuid.UUID:
             raise ValueError(text)
         return uuid.UUID(text)
     except (ValueError, TypeError, AttributeError):
-        raise InvalidParameters(f"{field} is not a UUID: {text!r}", data={field: "not a UUID"}) from None
+        raise InvalidParameters(
+            f"{field} is not a UUID: {text!r}", data={field: "not a UUID"}
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "
 def register(sub: Any) -> None:
     p = sub.add_parser("mount", help="mount a volume through the gateway",
                        description="Mount SOURCE (a volume directory) at MOUNTPOINT.")
-    p.add_argument("source")
-    p.add_argument("mountpoint")
+    p.add_argument("source", nargs="?", help="volume directory (default: from --config)")
+    p.add_argument("mountpoint", nargs="?", help="where to mount (default: from --config)")
     p.add_argument("--backend", help="quota backend (default: from config, else vfs)")
     p.add_argument("--volume", help="volume name (default: basename of SOURCE)")
     p.add_argument("--config", help=f"TOML configuration (default {DEFAULT_CONFIG} if present)")
@@ -57,7 +57,7 @@ def _split_options(values: list[str]) -> tuple[dict[str, str], set[str]]:
     return own, fuse
 
 
-def _config_volume(path: str | None, name: str | None, source: str) -> dict[str, Any]:
+def _config_volume(path: str | None, name: str | None, source: str | None) -> dict[str, Any]:
     """The `[volume.NAME]` table that names this volume (by name, else by path)."""
     config_path = path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     if config_path is None:
@@ -73,7 +73,7 @@ def _config_volume(path: str | None, name: str | None, source: str) -> dict[str,
     if name and name in volumes:
         return dict(volumes[name], name=name, _node=data)
     for vname, table in volumes.items():
-        if os.path.abspath(table.get("path", "")) == os.path.abspath(source):
+        if source and os.path.abspath(table.get("path", "")) == os.path.abspath(source):
             return dict(table, name=vname, _node=data)
     return {"_node": data}
 
@@ -84,9 +84,14 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
     conf = _config_volume(args.config or own.get("config"), volume, args.source)
     node = conf.pop("_node", {})
     vopts = dict(conf.get("options", {}))
+    source = args.source or conf.get("path")
+    mountpoint = args.mountpoint or conf.get("mountpoint")
+    if not source or not mountpoint:
+        raise StartupError("SOURCE and MOUNTPOINT are needed (or --config with a "
+                           "[volume.NAME] table that has path and mountpoint)")
     settings = MountSettings(
-        source=Path(args.source),
-        mountpoint=Path(args.mountpoint),
+        source=Path(source),
+        mountpoint=Path(mountpoint),
         backend=args.backend or own.get("backend") or conf.get("backend", "vfs"),
         volume=volume or conf.get("name", ""),
         control_socket=_path(args.control_socket or own.get("control_socket")
@@ -95,7 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                      or node.get("control", {}).get("admin_group")),
         xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
                           or vopts.pop("xattr_limits", False)),
-        cache_timeout=float(own.get("cache_timeout", vopts.pop("cache_timeout", 1.0))),
+        cache_timeout=float(own.get("cache_timeout") or vopts.pop("cache_timeout", 1.0)),
         fuse_options=fuse,
         backend_options=vopts,
     )
@@ -146,7 +151,8 @@ def _background(args: argparse.Namespace, settings: MountSettings, log_file: str
         os.makedirs("/var/log/fusegw", exist_ok=True)
         log_file = f"/var/log/fusegw/{settings.volume}.log"
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "fusegw", "mount", args.source, args.mountpoint,
+    argv = [sys.executable, "-m", "fusegw", "mount", str(settings.source),
+            str(settings.mountpoint),
             "--foreground", "--ready-fd", str(write_fd), "--log-file", log_file,
             "--log-level", level, *[a for o in args.options for a in ("-o", o)]]
     for flag, value in (("--backend", args.backend), ("--volume", args.volume),

@@ -139,8 +139,8 @@ async def _respond(send: Send, status: int, body: Any) -> None:
         return
     ctype = b"application/problem+json" if status >= 400 else b"application/json"
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
+    headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 

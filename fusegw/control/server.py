@@ -77,17 +77,17 @@ def bind_unix(path: Path, mode: int = 0o660, gid: int | None = None) -> trio.soc
         raise OSError(98, f"control socket {path} is in use by another process")
     finally:
         probe.close()
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o077)
     try:
-        sock._sock.bind(str(path))  # bind synchronously: the path is local
+        sock.bind(str(path))
     finally:
         os.umask(old)
     os.chmod(path, mode)
     if gid is not None:
         os.chown(path, -1, gid)
     sock.listen(128)
-    return sock
+    return trio.socket.from_stdlib_socket(sock)
 
 
 async def serve_unix(app: ControlApp, sock: trio.socket.SocketType,
@@ -114,8 +114,8 @@ async def _serve_connection(app: ControlApp, peer: Peer, config: Config,
         scope["extensions"] = {**scope.get("extensions", {}), "fusegw.peer": peer}
         await app(scope, receive, send)
 
-    server = TCPServer(ASGIWrapper(with_peer), config, context, ConnectionState({}),
-                       stream)  # type: ignore[arg-type]
+    server = TCPServer(ASGIWrapper(with_peer),  # type: ignore[arg-type]
+                       config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
     try:
         await server.run()
     except Exception:

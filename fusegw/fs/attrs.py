@@ -9,11 +9,11 @@ import pyfuse3
 
 def entry_attributes(ino: int, st: os.stat_result, timeout: float) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
-    e.st_ino = ino  # type: ignore[assignment]
+    e.st_ino = ino
     e.generation = 0
     e.entry_timeout = timeout
     e.attr_timeout = timeout
-    e.st_mode = st.st_mode  # type: ignore[assignment]
+    e.st_mode = st.st_mode
     e.st_nlink = st.st_nlink
     e.st_uid = st.st_uid
     e.st_gid = st.st_gid

@@ -11,6 +11,7 @@ cannot interleave with another request.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -329,10 +330,8 @@ class GatewayOperations(pyfuse3.Operations):
         scope = await self._begin(new, 0, 0)
         replaced = None
         if not flags & pyfuse3.RENAME_EXCHANGE:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 replaced = os.stat(name_new, dir_fd=new.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
         old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
         syscalls.renameat2(old.fd, name_old, new.fd, name_new, flags)
         if replaced is not None:

@@ -96,7 +96,8 @@ class Ledger:
         ]
         if not settled and not force:
             return
-        self.state.write(SNAPSHOT_FILE, {"scopes": {p: _figures(s) for p, s in self.scopes.items()}})
+        figures = {p: _figures(s) for p, s in self.scopes.items()}
+        self.state.write(SNAPSHOT_FILE, {"scopes": figures})
         for s in settled:
             s.dirty = False
         self._write_dirty()

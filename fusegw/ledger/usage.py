@@ -74,7 +74,8 @@ class ScopeUsage:
             vf.used_bytes += nbytes
             vf.used_inodes += ninodes
 
-    def set_figures(self, used_bytes: int, used_inodes: int, vfolders: dict[str, list[int]]) -> None:
+    def set_figures(self, used_bytes: int, used_inodes: int,
+                    vfolders: dict[str, list[int]]) -> None:
         self.used_bytes = used_bytes
         self.used_inodes = used_inodes
         self.vfolders = {h: VFolderUsage(h, b, i) for h, (b, i) in vfolders.items()}

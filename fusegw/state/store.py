@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -49,10 +50,8 @@ class StateDir:
         self._write_bytes(name, json.dumps(body, sort_keys=True).encode())
 
     def remove(self, name: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path / name)
-        except FileNotFoundError:
-            pass
 
     def _write_bytes(self, name: str, data: bytes) -> None:
         tmp = self.path / f".{name}.{os.getpid()}.tmp"
