@@ -30,6 +30,7 @@ from fusegw.scopes import ScopeService
 from fusegw.state import StateDir
 from fusegw.state.lease import Lease
 from fusegw.state.registry import Registry
+from fusegw.vfolders import VFolderService
 
 log = logging.getLogger("fusegw")
 
@@ -139,6 +140,7 @@ class Gateway:
                                  if s.rebuilding),
             "waiting_for_rebuild": sum(s.waiting for s in self.ledger.scopes.values()),
             "rebuilds": self.ledger.rebuilds,
+            "scans": dict(self.ledger.scans),
         }
 
     def _invalidate_scope(self, pathname: str) -> None:
@@ -153,7 +155,9 @@ class Gateway:
         xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
         app = ControlApp(resolve_group(s.admin_group))
-        VolumeRoutes(s.volume, str(s.mountpoint), self.service, self.status).install(app)
+        vfolders = VFolderService(s.source, s.mountpoint, self.service)
+        VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders,
+                     self.status).install(app)
         assert s.control_socket is not None
         sock = bind_unix(s.control_socket, gid=app.admin_gid)
         options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",

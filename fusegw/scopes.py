@@ -48,15 +48,39 @@ class ScopeService:
     async def describe(self, qsid: QuotaScopeID) -> dict[str, int | None]:
         scope = self.get(qsid)
         native = await self.backend.describe_scope(scope.pathname)
-        figures: dict[str, int | None] = {
-            "used_bytes": scope.used_bytes,
-            "limit_bytes": scope.limit_bytes or None,
-            "used_inodes": scope.used_inodes,
-            "limit_inodes": scope.limit_inodes or None,
-        }
+        figures = _figures(scope)
         if native is not None:
             figures.update(_usage_dict(native))
         return figures
+
+    def list(self) -> list[dict[str, Any]]:
+        return [dict(_figures(s), qsid=str(s.qsid), vfolders=len(s.vfolders),
+                     rebuilding=s.rebuilding)
+                for s in sorted(self.ledger.scopes.values(), key=lambda s: str(s.qsid))]
+
+    async def check(self, qsid: QuotaScopeID, repair: bool, caller: Caller) -> dict[str, Any]:
+        """Compare the ledger with the disk (changes made beside the gateway); repair on ask."""
+        scope = self.get(qsid)
+        result, changed = await self.ledger.check(scope)
+        disk = {"used_bytes": result.used_bytes, "used_inodes": result.used_inodes}
+        ledger = {"used_bytes": scope.used_bytes, "used_inodes": scope.used_inodes}
+        vf_drift = sorted(
+            h for h in set(result.vfolders) | set(scope.vfolders)
+            if tuple(result.vfolders.get(h, (0, 0))) != _vf_figures(scope, h)
+        )
+        consistent = disk == ledger and not vf_drift
+        report: dict[str, Any] = {"qsid": str(qsid), "ledger": ledger, "disk": disk,
+                                  "vfolders_drifted": vf_drift, "consistent": consistent,
+                                  "changed_during_check": changed, "files": result.files,
+                                  "repaired": False}
+        if repair and not consistent:
+            self.ledger.start_rebuild([scope])
+            await self.ledger.rebuild(scope)
+            report["repaired"] = True
+            report["ledger_after"] = {"used_bytes": scope.used_bytes,
+                                      "used_inodes": scope.used_inodes}
+            self.audit(caller, "quota-scope.repair", qsid, ledger, report["ledger_after"])
+        return report
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -84,7 +108,7 @@ class ScopeService:
             scope.set_figures(os.lstat(path).st_blocks * 512, 0, {})
             self.ledger.flush(force=True)
         self.on_change(qsid.pathname)
-        self._audit(caller, "quota-scope.create", qsid, None, _limits(scope),
+        self.audit(caller, "quota-scope.create", qsid, None, _limits(scope),
                     adopted=adopted)
 
     async def update(self, qsid: QuotaScopeID, changes: dict[str, int], caller: Caller,
@@ -98,7 +122,7 @@ class ScopeService:
         after = dict(before, **changes)
         await self.backend.update_scope(scope.pathname, QuotaLimits(**after))
         self._store_limits(scope, after)
-        self._audit(caller, "quota-scope.update", qsid, before, after)
+        self.audit(caller, "quota-scope.update", qsid, before, after)
 
     async def unset(self, qsid: QuotaScopeID, caller: Caller) -> None:
         scope = self.get(qsid)
@@ -106,7 +130,7 @@ class ScopeService:
         await self.backend.unset_scope(scope.pathname)
         after = {"limit_bytes": 0, "limit_inodes": 0}
         self._store_limits(scope, after)
-        self._audit(caller, "quota-scope.unset", qsid, before, after)
+        self.audit(caller, "quota-scope.unset", qsid, before, after)
 
     async def delete(self, qsid: QuotaScopeID, caller: Caller) -> None:
         scope = self.get(qsid)
@@ -119,7 +143,7 @@ class ScopeService:
         self.registry.save()
         self.ledger.remove_scope(scope.pathname)
         self.on_change(scope.pathname)
-        self._audit(caller, "quota-scope.delete", qsid, before, None)
+        self.audit(caller, "quota-scope.delete", qsid, before, None)
 
     async def set_limit(self, scope: ScopeUsage, field: str, value: int, uid: int,
                         pid: int) -> None:
@@ -134,11 +158,21 @@ class ScopeService:
         self.registry.save()
 
     @staticmethod
-    def _audit(caller: Caller, action: str, qsid: QuotaScopeID, before: Any, after: Any,
+    def audit(caller: Caller, action: str, qsid: QuotaScopeID, before: Any, after: Any,
                **extra: Any) -> None:
         audit.info(json.dumps({"event": action, "qsid": str(qsid), "uid": caller.uid,
                                "pid": caller.pid, "via": caller.via, "before": before,
                                "after": after, **extra}, sort_keys=True))
+
+
+def _figures(scope: ScopeUsage) -> dict[str, int | None]:
+    return {"used_bytes": scope.used_bytes, "limit_bytes": scope.limit_bytes or None,
+            "used_inodes": scope.used_inodes, "limit_inodes": scope.limit_inodes or None}
+
+
+def _vf_figures(scope: ScopeUsage, hex_: str) -> tuple[int, int]:
+    vf = scope.vfolders.get(hex_)
+    return (vf.used_bytes, vf.used_inodes) if vf else (0, 0)
 
 
 def _limits(scope: ScopeUsage) -> dict[str, int]:

@@ -67,5 +67,23 @@ def limit_changes(opts: dict[str, Any], required: bool) -> dict[str, int]:
     return changes
 
 
+def flag(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if isinstance(value, str) and value in ("true", "false", "1", "0"):  # from a query string
+        return value in ("true", "1")
+    if not isinstance(value, bool):
+        raise InvalidParameters(f"{name} must be a boolean", data={name: "not a boolean"})
+    return value
+
+
+def initial_limit(opts: dict[str, Any]) -> int:
+    """`options.initial_max_size_for_quota_scope` of POST /folder/create (0: unlimited)."""
+    key = "initial_max_size_for_quota_scope"
+    unknown = sorted(set(opts) - {key})
+    if unknown:
+        raise InvalidParameters(f"unknown options {unknown}", data={k: "unknown" for k in unknown})
+    return size(opts.get(key), key)
+
+
 def limits(opts: dict[str, Any]) -> QuotaLimits:
     return QuotaLimits(**limit_changes(opts, required=False))

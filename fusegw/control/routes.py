@@ -9,16 +9,18 @@ from fusegw.control import params as p
 from fusegw.control.app import ControlApp
 from fusegw.errors import VolumeNotFound
 from fusegw.scopes import Caller, ScopeService
+from fusegw.vfolders import VFolderService
 
 
 class VolumeRoutes:
     """Binds the routes to one volume's scope service; `status` feeds `GET /`."""
 
     def __init__(self, name: str, mountpoint: str, service: ScopeService,
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 vfolders: VFolderService, status: Callable[[], dict[str, Any]]) -> None:
         self.name = name
         self.mountpoint = mountpoint
         self.service = service
+        self.vfolders = vfolders
         self.status = status
 
     def install(self, app: ControlApp) -> None:
@@ -29,6 +31,13 @@ class VolumeRoutes:
         app.route("PATCH", "/quota-scope", self.update_scope)
         app.route("DELETE", "/quota-scope/quota", self.unset_quota)
         app.route("DELETE", "/quota-scope", self.delete_scope)
+        app.route("GET", "/quota-scopes", self.list_scopes)
+        app.route("POST", "/quota-scope/check", self.check_scope)
+        app.route("POST", "/folder/create", self.create_folder)
+        app.route("POST", "/folder/delete", self.delete_folder)
+        app.route("GET", "/folder/usage", self.folder_usage)
+        app.route("GET", "/folder/used-bytes", self.folder_used_bytes)
+        app.route("GET", "/folder/mount", self.folder_mount)
 
     def _volume(self, params: dict[str, Any]) -> None:
         name = p.text(params, "volume")
@@ -67,3 +76,35 @@ class VolumeRoutes:
     async def delete_scope(self, params: dict[str, Any], caller: Caller) -> None:
         self._volume(params)
         await self.service.delete(p.qsid(params), caller)
+
+    async def list_scopes(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        return {"quota_scopes": self.service.list()}
+
+    async def check_scope(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        qsid = p.qsid(params)
+        return await self.service.check(qsid, p.flag(params, "repair"), caller)
+
+    async def create_folder(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        vfid = p.vfid(params)
+        initial = p.initial_limit(p.options(params, required=False))
+        await self.vfolders.create(vfid, initial, caller)
+
+    async def delete_folder(self, params: dict[str, Any], caller: Caller) -> None:
+        self._volume(params)
+        await self.vfolders.delete(p.vfid(params), caller)
+
+    async def folder_usage(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        used_bytes, file_count = self.vfolders.usage(p.vfid(params))
+        return {"file_count": file_count, "used_bytes": used_bytes}
+
+    async def folder_used_bytes(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        return {"used_bytes": self.vfolders.usage(p.vfid(params))[0]}
+
+    async def folder_mount(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._volume(params)
+        return {"path": self.vfolders.mount_path(p.vfid(params))}

@@ -39,6 +39,7 @@ class Ledger:
         self.state = state
         self.scopes: dict[str, ScopeUsage] = {}
         self.rebuilds: list[dict[str, Any]] = []  # what was rescanned since start, for status
+        self.scans: dict[str, int] = {}  # scans in progress: scope -> files seen so far
 
     # -- admission and charging (called synchronously from FUSE handlers) --------------------
 
@@ -158,13 +159,26 @@ class Ledger:
         )
         self.flush(force=True)
 
+    async def check(self, scope: ScopeUsage) -> tuple[ScanResult, bool]:
+        """Scan without changing anything; also tell whether the scope changed meanwhile."""
+        generation = scope.generation
+        result = await self._scan(scope, str(self.volume / scope.pathname))
+        return result, scope.generation != generation
+
     async def _scan(self, scope: ScopeUsage, path: str) -> ScanResult:
-        def progress(files: int) -> None:
-            log.info("rebuild progress scope=%s files=%d", scope.qsid, files)
+        key = str(scope.qsid)
+
+        def progress(files: int) -> None:  # runs in the worker thread
+            self.scans[key] = files
+            log.info("scan progress scope=%s files=%d", key, files)
 
         if not os.path.isdir(path):
             return ScanResult()
-        return await trio.to_thread.run_sync(scan_scope, path, progress)
+        self.scans[key] = 0
+        try:
+            return await trio.to_thread.run_sync(scan_scope, path, progress, 10_000)
+        finally:
+            self.scans.pop(key, None)
 
 
 async def _test_gate() -> None:

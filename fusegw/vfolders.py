@@ -1,0 +1,148 @@
+"""vfolder lifecycle for the control socket: create, delete, usage, mount path.
+
+The daemon creates and removes vfolder directories on the backing side itself, so it charges
+the ledger exactly as the FUSE handlers would. It walks the fan-out directories with
+O_NOFOLLOW descriptors: a symlink planted in a scope through the mount cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from backends import QuotaLimits
+from fusegw.errors import GatewayError, QuotaScopeExists, VFolderExists, VFolderNotFound
+from fusegw.ids import VFolderID
+from fusegw.ledger import ScopeUsage
+from fusegw.scopes import Caller, ScopeService
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class VFolderConflict(GatewayError):
+    kind = "vfolder/conflict"
+    title = "The vfolder's path is taken by something else"
+    status = 409
+    errno = errno.ENOTDIR
+
+
+def _opendir_raw(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink; anything else there is a conflict."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise VFolderConflict(f"{name} is not a directory") from None
+        raise
+
+
+@contextlib.contextmanager
+def _opendir(name: str, dir_fd: int | None = None) -> Iterator[int]:
+    fd = _opendir_raw(name, dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class VFolderService:
+    def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService) -> None:
+        self.volume = volume
+        self.mountpoint = mountpoint
+        self.scopes = scopes
+        self.ledger = scopes.ledger
+
+    def _scope(self, vfid: VFolderID) -> ScopeUsage:
+        return self.scopes.get(vfid.quota_scope_id)
+
+    def mount_path(self, vfid: VFolderID) -> str:
+        self._existing(vfid)
+        return str(self.mountpoint / vfid.relpath())
+
+    def usage(self, vfid: VFolderID) -> tuple[int, int]:
+        """(used_bytes, file_count) from the ledger: O(1), whatever the backend."""
+        scope = self._existing(vfid)
+        vf = scope.vfolders.get(vfid.hex)
+        return (vf.used_bytes, vf.used_inodes) if vf else (0, 0)
+
+    def _existing(self, vfid: VFolderID) -> ScopeUsage:
+        scope = self._scope(vfid)
+        if not os.path.isdir(self.volume / vfid.relpath()):
+            raise VFolderNotFound(f"vfolder {vfid} does not exist")
+        return scope
+
+    async def create(self, vfid: VFolderID, initial_limit: int, caller: Caller) -> None:
+        qsid = vfid.quota_scope_id
+        record = self.scopes.registry.scopes.get(qsid.pathname)
+        if record is None:
+            await self.scopes.create(qsid, QuotaLimits(limit_bytes=initial_limit), caller)
+        elif record.qsid != qsid:
+            raise QuotaScopeExists(f"quota scope {record.qsid} has the same UUID as {qsid}")
+        scope = self._scope(vfid)
+        await self.ledger.admit(scope, growth=True)
+        h = vfid.hex
+        names = [h[0:2], h[2:4], h[4:]]
+        if os.path.lexists(self.volume / vfid.relpath()):
+            raise VFolderExists(f"vfolder {vfid} already exists")
+        missing = sum(not os.path.lexists(self.volume / qsid.pathname / Path(*names[:i + 1]))
+                      for i in range(3))
+        scope.check_growth(missing * 4096, missing)
+        self.ledger.begin_change(scope)
+        with _opendir(str(self.volume / qsid.pathname)) as top:
+            self._mkdirs(scope, top, names, h)
+        self.scopes.audit(caller, "vfolder.create", qsid, None, {"vfid": str(vfid)})
+
+    def _mkdirs(self, scope: ScopeUsage, top: int, names: list[str], hex_: str) -> None:
+        """mkdir each level below the scope that is missing, charging what each one adds."""
+        parent = os.dup(top)
+        try:
+            for depth, name in enumerate(names, start=2):
+                before = os.fstat(parent).st_blocks
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    created = True
+                except FileExistsError:
+                    if depth == 4:
+                        raise VFolderExists("vfolder already exists") from None
+                    created = False
+                child = _opendir_raw(name, parent)
+                grown = (os.fstat(parent).st_blocks - before) * 512
+                vf = scope.vfolder(hex_) if depth == 4 else None
+                parent_vf = None  # fan-out directories belong to no vfolder
+                scope.charge(parent_vf, grown, 0)
+                if created:
+                    scope.charge(vf, os.fstat(child).st_blocks * 512, 0)
+                    scope.used_inodes += 1
+                os.close(parent)
+                parent = child
+        finally:
+            os.close(parent)
+
+    async def delete(self, vfid: VFolderID, caller: Caller) -> None:
+        scope = self._existing(vfid)
+        h = vfid.hex
+        self.ledger.begin_change(scope)
+        with _opendir(str(self.volume / vfid.quota_scope_id.pathname / h[0:2] / h[2:4])) as fd:
+            before = os.fstat(fd).st_blocks
+            root_blocks = os.stat(h[4:], dir_fd=fd, follow_symlinks=False).st_blocks
+
+            def remove() -> None:
+                shutil.rmtree(h[4:], dir_fd=fd)
+
+            await trio.to_thread.run_sync(remove)
+            grown = (os.fstat(fd).st_blocks - before) * 512
+        vf = scope.vfolders.pop(h, None)
+        if vf is not None:
+            scope.charge(None, -vf.used_bytes, -vf.used_inodes)
+        else:
+            scope.charge(None, -root_blocks * 512, 0)
+        scope.charge(None, grown, -1)
+        self.scopes.audit(caller, "vfolder.delete", vfid.quota_scope_id, {"vfid": str(vfid)},
+                          None)
+
