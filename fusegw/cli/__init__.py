@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fusegw.cli import mount
+from fusegw.cli import mount, quota, status, vfolder
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
-COMMANDS = ("mount",)
+COMMANDS = ("mount", "quota", "vfolder", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusegw", description="FUSE quota gateway for the shared storage of AI clusters.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    mount.register(sub)
+    for module in (mount, quota, vfolder, status):
+        module.register(sub)
     return parser
 
 
@@ -24,5 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     if args_list and not args_list[0].startswith("-") and args_list[0] not in COMMANDS:
         args_list.insert(0, "mount")  # fstab: mount.fuse3 runs `fusegw SOURCE MOUNTPOINT -o ...`
     args = build_parser().parse_args(args_list)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # `fusegw quota list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
