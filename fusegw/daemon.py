@@ -19,6 +19,7 @@ import trio
 from backends import QuotaBackend, get_backend
 from fusegw import __version__
 from fusegw.control.app import ControlApp
+from fusegw.control.metrics import Metrics
 from fusegw.control.routes import VolumeRoutes
 from fusegw.control.server import bind_unix, resolve_group, serve_unix
 from fusegw.errors import GatewayError
@@ -154,10 +155,11 @@ class Gateway:
         root_fd = os.open(s.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
-        app = ControlApp(resolve_group(s.admin_group))
+        metrics = Metrics(self.ledger, s.volume)
+        app = ControlApp(resolve_group(s.admin_group), metrics)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
-        VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders,
-                     self.status).install(app)
+        VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
+                     metrics).install(app)
         assert s.control_socket is not None
         sock = bind_unix(s.control_socket, gid=app.admin_gid)
         options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",

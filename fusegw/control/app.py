@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from fusegw.errors import (
@@ -34,6 +34,18 @@ Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class RawResponse:
+    """A non-JSON answer (the Prometheus text of /metrics)."""
+
+    body: bytes
+    content_type: bytes
+
+
+class RequestObserver(Protocol):
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     """The connecting process, from SO_PEERCRED (or a token-checked TCP client, uid -1)."""
 
@@ -44,10 +56,12 @@ class Peer:
 
 
 class ControlApp:
-    def __init__(self, admin_gid: int | None = None) -> None:
+    def __init__(self, admin_gid: int | None = None,
+                 observer: RequestObserver | None = None) -> None:
         self.routes: dict[str, dict[str, Handler]] = {}
         self.admin_gid = admin_gid
-        self.public = {("GET", "/")}
+        self.observer = observer
+        self.public = {("GET", "/"), ("GET", "/metrics")}
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         self.routes.setdefault(path, {})[method] = handler
@@ -67,8 +81,12 @@ class ControlApp:
             log.exception("control request failed")
             status, body = 500, GatewayError("internal error").problem()
         await _respond(send, status, body)
+        seconds = time.monotonic() - started
+        route = scope["path"] if scope["path"] in self.routes else "unmatched"
+        if self.observer is not None:
+            self.observer.observe(route, scope["method"], status, seconds)
         log.debug("request method=%s path=%s status=%d ms=%.2f", scope["method"], scope["path"],
-                  status, (time.monotonic() - started) * 1000)
+                  status, seconds * 1000)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
         methods = self.routes.get(scope["path"])
@@ -133,6 +151,12 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(send: Send, status: int, body: Any) -> None:
+    if isinstance(body, RawResponse):
+        headers = [(b"content-type", body.content_type),
+                   (b"content-length", str(len(body.body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body.body})
+        return
     if body is None:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})

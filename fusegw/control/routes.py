@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fusegw.control import params as p
-from fusegw.control.app import ControlApp
+from fusegw.control.app import ControlApp, RawResponse
+from fusegw.control.metrics import CONTENT_TYPE, Metrics
 from fusegw.errors import VolumeNotFound
 from fusegw.scopes import Caller, ScopeService
 from fusegw.vfolders import VFolderService
@@ -16,16 +17,19 @@ class VolumeRoutes:
     """Binds the routes to one volume's scope service; `status` feeds `GET /`."""
 
     def __init__(self, name: str, mountpoint: str, service: ScopeService,
-                 vfolders: VFolderService, status: Callable[[], dict[str, Any]]) -> None:
+                 vfolders: VFolderService, status: Callable[[], dict[str, Any]],
+                 metrics: Metrics) -> None:
         self.name = name
         self.mountpoint = mountpoint
         self.service = service
         self.vfolders = vfolders
         self.status = status
+        self.metrics = metrics
 
     def install(self, app: ControlApp) -> None:
         app.route("GET", "/", self.root)
         app.route("GET", "/volumes", self.volumes)
+        app.route("GET", "/metrics", self.render_metrics)
         app.route("POST", "/quota-scope", self.create_scope)
         app.route("GET", "/quota-scope", self.get_scope)
         app.route("PATCH", "/quota-scope", self.update_scope)
@@ -46,6 +50,9 @@ class VolumeRoutes:
 
     async def root(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"status": "ok", **self.status()}
+
+    async def render_metrics(self, params: dict[str, Any], caller: Caller) -> RawResponse:
+        return RawResponse(self.metrics.render(), CONTENT_TYPE)
 
     async def volumes(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         backend = self.service.backend

@@ -46,6 +46,7 @@ class ScopeUsage:
         self.ready.set()
         self.frozen = False
         self.waiting = 0  # requests held until the rebuild ends
+        self.refusals = 0  # EDQUOT answers, for metrics
         self.dirty = False
         self.generation = 0  # bumped by every change; a rebuild that saw it move scans again
         self.last_change = 0.0
@@ -63,8 +64,10 @@ class ScopeUsage:
     def check_growth(self, nbytes: int, ninodes: int) -> None:
         """Refuse growth that would take the scope past a limit; no growth always passes."""
         if nbytes > 0 and self.limit_bytes and self.used_bytes + nbytes > self.limit_bytes:
+            self.refusals += 1
             raise QuotaExceeded(f"{self.qsid}: byte limit {self.limit_bytes} reached")
         if ninodes > 0 and self.limit_inodes and self.used_inodes + ninodes > self.limit_inodes:
+            self.refusals += 1
             raise QuotaExceeded(f"{self.qsid}: inode limit {self.limit_inodes} reached")
 
     def charge(self, vf: VFolderUsage | None, nbytes: int, ninodes: int) -> None:
