@@ -21,7 +21,7 @@ from fusegw import __version__
 from fusegw.control.app import ControlApp
 from fusegw.control.metrics import Metrics
 from fusegw.control.routes import VolumeRoutes
-from fusegw.control.server import bind_unix, resolve_group, serve_unix
+from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
 from fusegw.errors import GatewayError
 from fusegw.fs.operations import GatewayOperations
 from fusegw.fs.xattrs import UsageXattrs
@@ -54,6 +54,8 @@ class MountSettings:
     cache_timeout: float = 1.0
     fuse_options: set[str] = field(default_factory=set)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
+    auth_token: str | None = None
 
     def __post_init__(self) -> None:
         self.source = Path(os.path.abspath(self.source))
@@ -81,6 +83,9 @@ def preflight(s: MountSettings) -> None:
         raise StartupError(f"mount point {s.mountpoint} does not exist")
     if not s.mountpoint.is_dir():
         raise StartupError(f"mount point {s.mountpoint} is not a directory")
+    if s.tcp_listen and not s.auth_token:
+        raise StartupError("a TCP listener needs an auth token (FUSEGW_AUTH_TOKEN or "
+                           "[control] auth_token in the config)")
     if os.path.ismount(s.mountpoint):
         raise StartupError(f"mount point {s.mountpoint} is busy (already a mount point)")
     if s.mountpoint == s.source or s.source in s.mountpoint.parents:
@@ -156,7 +161,7 @@ class Gateway:
         xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
         metrics = Metrics(self.ledger, s.volume)
-        app = ControlApp(resolve_group(s.admin_group), metrics)
+        app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics).install(app)
@@ -169,6 +174,9 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fuse_main, nursery.cancel_scope)
                 await nursery.start(serve_unix, app, sock)
+                if s.tcp_listen:
+                    host, _, port = s.tcp_listen.rpartition(":")
+                    await nursery.start(serve_tcp, app, host or "127.0.0.1", int(port))
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.ledger.flush_loop)
                 if self.lease is not None:

@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     p.add_argument("--control-socket", help="control socket path "
                    "(default /run/fusegw/<volume>.sock)")
     p.add_argument("--admin-group", help="group whose members may use the control socket")
+    p.add_argument("--tcp-listen", metavar="HOST:PORT",
+                   help="also serve the API on TCP (off by default; needs FUSEGW_AUTH_TOKEN "
+                   "or [control] auth_token, checked in X-BackendAI-Storage-Auth-Token)")
     p.add_argument("--xattr-limits", action="store_true", default=None,
                    help="allow root in this mount namespace to set limits with setfattr")
     p.add_argument("-o", dest="options", action="append", default=[],
@@ -103,6 +106,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         cache_timeout=float(own.get("cache_timeout") or vopts.pop("cache_timeout", 1.0)),
         fuse_options=fuse,
         backend_options=vopts,
+        tcp_listen=args.tcp_listen or node.get("control", {}).get("tcp_listen"),
+        auth_token=(os.environ.get("FUSEGW_AUTH_TOKEN")
+                    or node.get("control", {}).get("auth_token")),
     )
     return settings, own
 
@@ -157,7 +163,8 @@ def _background(args: argparse.Namespace, settings: MountSettings, log_file: str
             "--log-level", level, *[a for o in args.options for a in ("-o", o)]]
     for flag, value in (("--backend", args.backend), ("--volume", args.volume),
                         ("--config", args.config), ("--control-socket", args.control_socket),
-                        ("--admin-group", args.admin_group)):
+                        ("--admin-group", args.admin_group),
+                        ("--tcp-listen", args.tcp_listen)):
         if value:
             argv += [flag, value]
     if args.xattr_limits:

@@ -6,6 +6,7 @@ before a handler touches anything, and every failure is a `GatewayError` with it
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from fusegw.scopes import Caller
 log = logging.getLogger("fusegw.control")
 
 MAX_BODY = 64 * 1024
+TOKEN_HEADER = b"x-backendai-storage-auth-token"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -53,13 +55,15 @@ class Peer:
     uid: int
     gid: int
     groups: frozenset[int]
+    via: str = "unix"  # "tcp": no credentials, the auth token decides
 
 
 class ControlApp:
     def __init__(self, admin_gid: int | None = None,
-                 observer: RequestObserver | None = None) -> None:
+                 observer: RequestObserver | None = None, token: str | None = None) -> None:
         self.routes: dict[str, dict[str, Handler]] = {}
         self.admin_gid = admin_gid
+        self.token = token
         self.observer = observer
         self.public = {("GET", "/"), ("GET", "/metrics")}
 
@@ -96,12 +100,20 @@ class ControlApp:
         if handler is None:
             raise MethodNotAllowed(f"{scope['method']} not allowed on {scope['path']}")
         peer: Peer | None = scope.get("extensions", {}).get("fusegw.peer")
-        if (scope["method"], scope["path"]) not in self.public:
+        if peer is not None and peer.via == "tcp":
+            self._check_token(scope)  # every route, GET / included: TCP may cross hosts
+        elif (scope["method"], scope["path"]) not in self.public:
             self._authorize(peer)
         params = await _params(scope, receive)
-        caller = Caller(peer.uid if peer else -1, peer.pid if peer else -1, "socket")
+        caller = Caller(peer.uid if peer else -1, peer.pid if peer else -1,
+                        "tcp" if peer and peer.via == "tcp" else "socket")
         result = await handler(params, caller)
         return (204, None) if result is None else (200, result)
+
+    def _check_token(self, scope: Scope) -> None:
+        given = dict(scope.get("headers", [])).get(TOKEN_HEADER, b"")
+        if not self.token or not hmac.compare_digest(given, self.token.encode()):
+            raise Forbidden(f"missing or wrong {TOKEN_HEADER.decode()} header")
 
     def _authorize(self, peer: Peer | None) -> None:
         if peer is None:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,25 @@ def bind_unix(path: Path, mode: int = 0o660, gid: int | None = None) -> trio.soc
 
 async def serve_unix(app: ControlApp, sock: trio.socket.SocketType,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    await _serve(app, trio.SocketListener(sock), read_peer, task_status)
+
+
+async def serve_tcp(app: ControlApp, host: str, port: int,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The optional TCP listener: no peer credentials, so the auth token decides."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    tcp_peer = Peer(-1, -1, -1, frozenset(), "tcp")
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            await nursery.start(_serve, app, listener, lambda sock: tcp_peer)
+        task_status.started()
+
+
+async def _serve(app: ControlApp, listener: trio.SocketListener,
+                 peer_of: Callable[[trio.socket.SocketType], Peer],
+                 task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     config = hypercorn_config()
     context = WorkerContext(None)
-    listener = trio.SocketListener(sock)
     task_status.started()
     async with trio.open_nursery() as nursery:
         while True:
@@ -104,7 +121,7 @@ async def serve_unix(app: ControlApp, sock: trio.socket.SocketType,
                 log.warning("accept failed errno=%s", e.errno)
                 await trio.sleep(0.1)
                 continue
-            peer = read_peer(stream.socket)
+            peer = peer_of(stream.socket)
             nursery.start_soon(_serve_connection, app, peer, config, context, stream)
 
 
