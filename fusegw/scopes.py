@@ -114,7 +114,9 @@ class ScopeService:
     async def update(self, qsid: QuotaScopeID, changes: dict[str, int], caller: Caller,
                      create_missing: bool) -> None:
         """Set the given limits (0 lifts one); create the scope first if asked and missing."""
-        if qsid.pathname not in self.registry.scopes and create_missing:
+        record = self.registry.scopes.get(qsid.pathname)
+        if create_missing and (record is None or record.qsid != qsid):
+            # create() refuses (409) a scope whose UUID another type already uses
             await self.create(qsid, QuotaLimits(**changes), caller)
             return
         scope = self.get(qsid)

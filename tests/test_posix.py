@@ -15,11 +15,14 @@ import os
 import signal
 import stat
 import subprocess
+import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Gateway, is_mounted, new_qsid, run_as, wait_for
 
@@ -66,17 +69,32 @@ def vf(gateway: Gateway) -> VFolder:
 
 
 def open_to_others(path: Path) -> None:
-    """Let other uids traverse to `path` (pytest's tmp directories are 0700)."""
+    """Let other uids traverse to `path` (pytest's tmp directories are 0700): o+x on it and
+    its ancestors below the system temp directory."""
+    top = Path(tempfile.gettempdir()).resolve()
     for p in [path, *path.parents]:
-        if p == Path("/tmp") or p == Path("/"):
+        if p == top or p == Path("/"):
             break
-        mode = stat.S_IMODE(os.stat(p).st_mode)
-        os.chmod(p, mode | 0o011)
+        os.chmod(p, stat.S_IMODE(os.stat(p).st_mode) | stat.S_IXOTH)
 
 
 def serving(gw: Gateway) -> bool:
-    return gw.alive() and is_mounted(gw.mountpoint) and \
-        gw.request("GET", "/").json()["status"] == "ok" and os.path.isdir(gw.mountpoint)
+    """The daemon lives, the mount answers and so does the control socket."""
+    if not (gw.alive() and is_mounted(gw.mountpoint) and os.path.isdir(gw.mountpoint)):
+        return False
+    try:
+        return bool(gw.request("GET", "/").json()["status"] == "ok")
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for_quietly(predicate: Callable[[], object], timeout: float) -> bool:
+    """wait_for that answers False at the deadline instead of failing."""
+    try:
+        wait_for(predicate, timeout)
+    except AssertionError:
+        return False
+    return True
 
 
 def user_errno(path: Path, mode: str = "r") -> str:
@@ -165,14 +183,20 @@ def test_many_files_in_one_directory(vf: VFolder) -> None:
     assert set(os.listdir(vf.src / "many")) == names
 
 
-def test_listing_20000_entries(vf: VFolder) -> None:
-    """A directory of 20,000 entries (made on the backing side) is listed through the mount by
-    os.listdir and os.scandir with exactly all names, none missing, none repeated."""
+def make_huge_dir(vf: VFolder, n: int = 20000) -> set[str]:
+    """A directory `huge` of n empty files, made on the backing side (fast)."""
     src = vf.src / "huge"
     src.mkdir()
-    names = {f"entry-{i:06d}" for i in range(20000)}
+    names = {f"entry-{i:06d}" for i in range(n)}
     for name in names:
         os.close(os.open(src / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    return names
+
+
+def test_listing_20000_entries_returns_all_names(vf: VFolder) -> None:
+    """A directory of 20,000 entries (made on the backing side) is listed through the mount by
+    os.listdir and os.scandir with exactly all names, none missing, none repeated."""
+    names = make_huge_dir(vf)
     listed = os.listdir(vf.mnt / "huge")
     assert len(listed) == len(names)
     assert set(listed) == names
@@ -181,6 +205,20 @@ def test_listing_20000_entries(vf: VFolder) -> None:
     assert len(scanned) == len(names)
     assert {n for n, _ in scanned} == names
     assert all(is_file for _, is_file in scanned)
+
+
+def test_listing_20000_entries_keeps_gateway_serving(vf: VFolder) -> None:
+    """After a 20,000-entry listing (every entry handed to the kernel by readdirplus) the
+    gateway still answers its control socket, opens the listed files and creates new ones:
+    the listing does not exhaust its resources."""
+    names = make_huge_dir(vf)
+    os.listdir(vf.mnt / "huge")  # completeness is the test above; here only what follows
+    assert serving(vf.gw)
+    for name in sorted(names)[::4000]:
+        assert (vf.mnt / "huge" / name).read_bytes() == b""
+    (vf.mnt / "huge" / "new").write_bytes(b"new")
+    assert (vf.mnt / "huge" / "new").read_bytes() == b"new"
+    assert (vf.src / "huge" / "new").read_bytes() == b"new"
 
 
 # -- 2. namespace -----------------------------------------------------------------------------
@@ -199,6 +237,20 @@ def test_mkdir_rmdir_and_rmdir_nonempty(vf: VFolder) -> None:
     os.unlink(d / "f")
     os.rmdir(d)
     assert not d.exists() and not (vf.src / "d").exists()
+
+
+def test_new_entries_get_requested_mode(vf: VFolder) -> None:
+    """A file and a directory created through the mount get the mode asked for, less the
+    caller's umask, through the mount and on the backing volume."""
+    old = os.umask(0o027)
+    try:
+        os.close(os.open(vf.mnt / "f", os.O_CREAT | os.O_WRONLY, 0o666))
+        os.mkdir(vf.mnt / "d", 0o775)
+    finally:
+        os.umask(old)
+    for name, mode in (("f", 0o640), ("d", 0o750)):
+        assert stat.S_IMODE(os.stat(vf.mnt / name).st_mode) == mode, name
+        assert stat.S_IMODE(os.stat(vf.src / name).st_mode) == mode, name
 
 
 def test_symlink_readlink_lstat(vf: VFolder) -> None:
@@ -306,7 +358,7 @@ def test_chown(vf: VFolder) -> None:
 
 def test_utime_with_nanoseconds(vf: VFolder) -> None:
     """os.utime with explicit ns times sets atime and mtime to the nanosecond, as stat shows
-    through the mount and on the backing file."""
+    through the mount and on the backing file; os.utime without times sets them to now."""
     f = vf.mnt / "f"
     f.write_bytes(b"x")
     atime, mtime = 1_500_000_000_123_456_789, 1_600_000_000_987_654_321
@@ -315,6 +367,10 @@ def test_utime_with_nanoseconds(vf: VFolder) -> None:
     assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime)
     bst = os.stat(vf.src / "f")
     assert (bst.st_atime_ns, bst.st_mtime_ns) == (atime, mtime)
+    before = time.time_ns()
+    os.utime(f)  # UTIME_NOW for both
+    assert os.stat(f).st_mtime_ns >= before - 10**9
+    assert os.stat(vf.src / "f").st_atime_ns >= before - 10**9
 
 
 def test_truncate_smaller_and_larger(vf: VFolder) -> None:
@@ -406,6 +462,22 @@ def test_user_xattrs_pass_through(vf: VFolder) -> None:
         os.getxattr(f, "user.test")
 
 
+def test_setxattr_create_and_replace_flags(vf: VFolder) -> None:
+    """XATTR_CREATE on an existing name fails with EEXIST and XATTR_REPLACE on a missing one
+    with ENODATA, neither changing anything; XATTR_REPLACE on an existing name replaces."""
+    f = vf.mnt / "f"
+    f.write_bytes(b"x")
+    os.setxattr(f, "user.a", b"1", os.XATTR_CREATE)
+    with raises_errno(errno.EEXIST):
+        os.setxattr(f, "user.a", b"2", os.XATTR_CREATE)
+    with raises_errno(errno.ENODATA):
+        os.setxattr(f, "user.b", b"2", os.XATTR_REPLACE)
+    assert os.getxattr(vf.src / "f", "user.a") == b"1"
+    assert "user.b" not in os.listxattr(vf.src / "f")
+    os.setxattr(f, "user.a", b"3", os.XATTR_REPLACE)
+    assert os.getxattr(vf.src / "f", "user.a") == b"3"
+
+
 def test_unknown_xattr_enodata_then_xattrs_still_work(vf: VFolder) -> None:
     """getxattr of an unknown name fails with ENODATA (also an unknown user.fusegw.* name),
     and afterwards xattrs keep working on the same mount."""
@@ -454,6 +526,21 @@ def test_mkdir_and_symlink_by_user_are_owned_by_user(shared: VFolder) -> None:
         st = os.lstat(path)
         assert (st.st_uid, st.st_gid) == (USER, USER), path
     assert stat.S_ISLNK(os.lstat(shared.src / "lnk").st_mode)
+
+
+def test_setgid_directory_gives_its_group(shared: VFolder) -> None:
+    """In a setgid directory of group 4321, a file and a directory that uid 1000 creates
+    through the mount get group 4321 (the new directory setgid too), owner 1000."""
+    d = shared.mnt / "team"
+    d.mkdir()
+    os.chown(d, 0, 4321)
+    os.chmod(d, 0o2777)
+    r = run_as(USER, ["sh", "-c", f"echo x > {d}/f && mkdir {d}/sub"])
+    assert r.returncode == 0, r.stderr
+    for name in ("f", "sub"):
+        st = os.stat(shared.src / "team" / name)
+        assert (st.st_uid, st.st_gid) == (USER, 4321), name
+    assert os.stat(shared.src / "team" / "sub").st_mode & stat.S_ISGID
 
 
 def test_other_uid_reads_0644_but_not_0600(shared: VFolder) -> None:
@@ -657,20 +744,29 @@ def test_forget_releases_inodes(vf: VFolder) -> None:
     count falls to a handful."""
     d = vf.mnt / "files"
     d.mkdir()
-    for i in range(2000):
-        p = d / f"f{i}"
-        p.write_bytes(b"x")
-        os.stat(p)
+    fds = []  # held open until counted, so nobody else's drop_caches can forget them early
+    try:
+        for i in range(2000):
+            p = d / f"f{i}"
+            fds.append(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+            os.stat(p)
 
-    def cached() -> int:
-        return int(vf.gw.request("GET", "/").json()["inodes_cached"])
+        def cached() -> int:
+            return int(vf.gw.request("GET", "/").json()["inodes_cached"])
 
-    assert cached() >= 2000
+        assert cached() >= 2000
+    finally:
+        for fd in fds:
+            os.close(fd)
 
-    def dropped() -> bool:
+    def drop_caches() -> None:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("2\n")
-        return cached() < 50
 
-    wait_for(dropped, what="inodes_cached to drop after drop_caches")
-    assert (d / "f1999").read_bytes() == b"x"  # lookups work again after forget
+    drop_caches()
+    # FORGET arrives asynchronously; drop again in case a dentry was still busy at first.
+    if not wait_for_quietly(lambda: cached() < 50, 5):
+        drop_caches()
+    wait_for(lambda: cached() < 50, what="inodes_cached to drop after drop_caches")
+    assert os.stat(d / "f1999").st_size == 0  # lookups work again after forget
+    assert len(os.listdir(d)) == 2000

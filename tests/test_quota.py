@@ -26,6 +26,7 @@ KiB = 1024
 MiB = 1024 * KiB
 CHUNK = 64 * KiB
 JOIN_DEADLINE = 20.0
+SETTLE_DEADLINE = 10.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -73,26 +74,47 @@ def tree_state(top: Path) -> dict[str, Any]:
     return state
 
 
-def assert_exact(gw: Gateway, qsid: str, vfolders: list[Path] = ()) -> dict[str, Any]:
-    """Ledger == disk for the scope (API and xattrs) and for each vfolder (xattrs).
-
-    Writeback is forced first, so blocks the filesystem allocates late (delayed allocation,
-    extent-tree blocks) are on disk when `du` looks: quiescence includes writeback.
-    """
+def usage_mismatch(gw: Gateway, qsid: str, vfolders: list[Path]) -> str | None:
+    """What differs between the ledger (API and xattrs) and the disk, or None."""
     os.sync()
     src = scope_backing(gw, qsid)
-    want_bytes, want_inodes = du_bytes(src), count_inodes(src)
+    want = {"used_bytes": du_bytes(src), "used_inodes": count_inodes(src)}
     fig = gw.describe(qsid)
-    assert (fig["used_bytes"], fig["used_inodes"]) == (want_bytes, want_inodes), (
-        f"ledger {fig} vs disk used_bytes={want_bytes} used_inodes={want_inodes}")
     scope_dir = gw.mountpoint / scope_hex(qsid)
-    assert xattr_int(scope_dir, "used_bytes") == want_bytes
-    assert xattr_int(scope_dir, "used_inodes") == want_inodes
+    got = {
+        "api": {k: fig[k] for k in want},
+        "xattr": {k: xattr_int(scope_dir, k) for k in want},
+    }
     for vf in vfolders:
         vsrc = backing(gw, vf)
-        got = (xattr_int(vf, "vfolder.used_bytes"), xattr_int(vf, "vfolder.used_inodes"))
-        assert got == (du_bytes(vsrc), count_inodes(vsrc)), f"vfolder {vf.name}"
-    return fig
+        want[vf.name] = {"used_bytes": du_bytes(vsrc), "used_inodes": count_inodes(vsrc)}
+        got[vf.name] = {k: xattr_int(vf, f"vfolder.{k}") for k in ("used_bytes", "used_inodes")}
+    disk = {"api": {k: want[k] for k in ("used_bytes", "used_inodes")}}
+    disk["xattr"] = disk["api"]
+    disk.update({vf.name: want[vf.name] for vf in vfolders})
+    return None if got == disk else f"ledger {got} != disk {disk}"
+
+
+def assert_exact(gw: Gateway, qsid: str, vfolders: list[Path] = (),
+                 timeout: float = SETTLE_DEADLINE) -> dict[str, Any]:
+    """Ledger == disk for the scope (API and xattrs) and for each vfolder (xattrs), once the
+    gateway has settled: no operation is in flight here, so usage must match the disk.
+
+    Writeback is forced first (os.sync), so blocks the filesystem allocates late (delayed
+    allocation, extent-tree blocks) are on disk when `du` looks: quiescence includes
+    writeback. The gateway gets a short deadline to account for what writeback allocated.
+    """
+    last: list[str | None] = [None]
+
+    def matches() -> bool:
+        last[0] = usage_mismatch(gw, qsid, list(vfolders))
+        return last[0] is None
+
+    try:
+        wait_for(matches, timeout, "ledger == disk")
+    except AssertionError:
+        raise AssertionError(f"usage not exact after quiescence: {last[0]}") from None
+    return gw.describe(qsid)
 
 
 def expect_errno(err: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -142,7 +164,7 @@ def run_bounded(fn: Callable[[], Any], timeout: float = 10.0) -> Any:
     def target() -> None:
         try:
             out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as e:  # re-raised in the caller
             out["error"] = e
 
     t = threading.Thread(target=target, daemon=True)
@@ -250,7 +272,7 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(gateway: Gateway) ->
                 raise AssertionError("writer never hit EDQUOT")
             finally:
                 os.close(fd)
-        except BaseException as e:  # noqa: BLE001 - collected for the main thread
+        except BaseException as e:  # collected for the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
@@ -277,12 +299,13 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(gateway: Gateway) ->
 
 
 def test_usage_matches_du_after_mixed_workload(gateway: Gateway) -> None:
-    """After creates, overwrites, sparse writes, truncates both ways, hard links, renames (also
-    over existing files and directories), unlinks (also of an open file), mkdir/rmdir, a
-    directory grown past one block, and short (inline) and long (block) symlinks, the scope's
-    used_bytes equals `du -s -B1` of the backing scope directory and used_inodes the number of
-    distinct inodes below it; each vfolder's xattr figures equal du and the inode count of its
-    backing directory."""
+    """After creates, overwrites, sparse writes (one file with more extents than an ext4 inode
+    holds, whose extent-tree block ext4 allocates only at writeback), truncates both ways, hard
+    links, renames (also over existing files and directories), unlinks (also of an open file),
+    mkdir/rmdir, a directory grown past one block, and short (inline) and long (block)
+    symlinks, once quiet and written back the scope's used_bytes equals `du -s -B1` of the
+    backing scope directory and used_inodes the number of distinct inodes below it; each
+    vfolder's xattr figures equal du and the inode count of its backing directory."""
     qsid = new_qsid()
     gateway.create_scope(qsid, limit_bytes=256 * MiB)
     vf = gateway.make_vfolder(qsid)

@@ -169,9 +169,9 @@ def _background(args: argparse.Namespace, settings: MountSettings, log_file: str
             argv += [flag, value]
     if args.xattr_limits:
         argv.append("--xattr-limits")
-    child = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    with open(log_file, "ab") as log:  # what the child says before its logging starts
+        child = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         answer = pipe.readline().decode(errors="replace").strip()

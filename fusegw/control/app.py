@@ -58,6 +58,10 @@ class Peer:
     via: str = "unix"  # "tcp": no credentials, the auth token decides
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request was read: there is no one to answer."""
+
+
 class ControlApp:
     def __init__(self, admin_gid: int | None = None,
                  observer: RequestObserver | None = None, token: str | None = None) -> None:
@@ -79,6 +83,10 @@ class ControlApp:
         started = time.monotonic()
         try:
             status, body = await self._handle(scope, receive)
+        except ClientGone:
+            # hypercorn answers the broken request itself; a second send races with it
+            log.debug("client went away method=%s path=%s", scope["method"], scope["path"])
+            return
         except GatewayError as e:
             status, body = e.status, e.problem()
         except Exception:  # a bug, never a bad request: keep serving and say so
@@ -138,7 +146,7 @@ async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
     if body.strip():
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             raise InvalidParameters("request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise InvalidParameters("request body must be a JSON object")
@@ -152,7 +160,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidParameters("client went away")
+            raise ClientGone()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

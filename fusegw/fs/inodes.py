@@ -5,14 +5,24 @@ does. The descriptor pins the backing inode, so (st_dev, st_ino) cannot be reuse
 kernel may still name the FUSE inode, and every operation reaches the inode itself without
 resolving a path. The FUSE number is our own counter, never the backing st_ino: btrfs
 subvolumes repeat inode numbers.
+
+A descriptor per inode the kernel knows is unbounded (readdirplus hands the kernel every entry
+of a listing), so where the backing filesystem has file handles a node keeps its handle and
+only the most recently used nodes keep an open descriptor: the others are reopened from their
+handle (open_by_handle_at), which still never resolves a path and answers ESTALE once the inode
+is gone. The handle, which carries the inode generation, is also the node's key.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+from collections import OrderedDict
 
 import pyfuse3
 
+from fusegw.fs import syscalls
 from fusegw.layout import VFOLDER_DEPTH, vfolder_hex
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -25,11 +35,15 @@ class Node:
     carries the fan-out names while depth < 4 so the vfolder root can spell its folder hex.
     """
 
-    __slots__ = ("depth", "fd", "ino", "key", "lookups", "mode", "prefix", "scope", "vf")
+    __slots__ = ("_fd", "depth", "handle", "ino", "key", "lookups", "mode", "prefix", "scope",
+                 "table", "vf")
 
-    def __init__(self, ino: int, fd: int, key: tuple[int, int], mode: int) -> None:
+    def __init__(self, ino: int, fd: int, key: tuple[int, int | bytes], mode: int,
+                 table: InodeTable | None = None, handle: bytes | None = None) -> None:
         self.ino = ino
-        self.fd = fd
+        self._fd = fd  # -1 while closed; then `handle` reopens it
+        self.table = table
+        self.handle = handle
         self.key = key
         self.mode = mode
         self.lookups = 0
@@ -37,6 +51,13 @@ class Node:
         self.prefix = ""
         self.scope: str | None = None
         self.vf: str | None = None
+
+    @property
+    def fd(self) -> int:
+        """An O_PATH descriptor of the backing inode (reopened from its handle if closed)."""
+        if self.table is None or self.handle is None:
+            return self._fd
+        return self.table.descriptor(self)
 
     @property
     def proc(self) -> str:
@@ -58,15 +79,41 @@ def place(node: Node, parent: Node, name: bytes) -> None:
         node.vf = vfolder_hex(prefix[:2], prefix[2:], name.decode("ascii", "replace"))
 
 
+def _open_budget() -> int:
+    """How many evictable descriptors to keep: half the descriptor limit, the rest for files."""
+    return max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+
+
 class InodeTable:
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, max_open: int | None = None) -> None:
         st = os.fstat(root_fd)
         root = Node(pyfuse3.ROOT_INODE, root_fd, (st.st_dev, st.st_ino), st.st_mode)
         root.lookups = 1
         self.root = root
+        self.dev = st.st_dev
         self.by_ino: dict[int, Node] = {root.ino: root}
-        self.by_key: dict[tuple[int, int], Node] = {root.key: root}
+        self.by_key: dict[tuple[int, int | bytes], Node] = {root.key: root}
         self._next_ino = pyfuse3.ROOT_INODE + 1
+        self.max_open = max_open or _open_budget()
+        self._open: OrderedDict[int, Node] = OrderedDict()  # reopenable nodes, LRU first
+        self._mount_fd = self._handles_usable(root_fd)
+
+    @staticmethod
+    def _handles_usable(root_fd: int) -> int:
+        """A descriptor for open_by_handle_at, or -1 where handles do not work (no export
+        support, no CAP_DAC_READ_SEARCH): then every node keeps its descriptor."""
+        try:
+            mount_fd = os.open(f"/proc/self/fd/{root_fd}",
+                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        try:
+            os.close(syscalls.open_by_handle(mount_fd, syscalls.name_to_handle(root_fd, b""),
+                                             O_PATH_FLAGS))
+        except OSError:
+            os.close(mount_fd)
+            return -1
+        return mount_fd
 
     def __len__(self) -> int:
         return len(self.by_ino)
@@ -74,27 +121,64 @@ class InodeTable:
     def get(self, ino: int) -> Node:
         return self.by_ino[ino]
 
+    def descriptor(self, node: Node) -> int:
+        if node._fd >= 0:
+            self._open.move_to_end(node.ino)
+            return node._fd
+        assert node.handle is not None
+        node._fd = syscalls.open_by_handle(self._mount_fd, node.handle, O_PATH_FLAGS)
+        self._track(node)
+        return node._fd
+
+    def _track(self, node: Node) -> None:
+        self._open[node.ino] = node
+        while len(self._open) > self.max_open:
+            _, old = self._open.popitem(last=False)
+            os.close(old._fd)
+            old._fd = -1
+
+    def _handle(self, parent: Node, name: bytes, st: os.stat_result,
+                fd: int | None) -> bytes | None:
+        if self._mount_fd < 0 or st.st_dev != self.dev:
+            return None
+        try:
+            return syscalls.name_to_handle(fd, b"") if fd is not None else \
+                syscalls.name_to_handle(parent.fd, name)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EOVERFLOW, errno.EPERM, errno.EACCES):
+                return None
+            raise
+
     def adopt(self, parent: Node, name: bytes, st: os.stat_result, fd: int | None = None) -> Node:
         """The node for a backing inode just seen under parent/name, one lookup taken.
 
         `fd`, if given, is an O_PATH descriptor the caller opened; it is closed when the inode
-        is already known.
+        is already known. Without one, a node with a file handle opens no descriptor until it
+        is used.
         """
-        key = (st.st_dev, st.st_ino)
+        try:
+            handle = self._handle(parent, name, st, fd)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        key: tuple[int, int | bytes] = (st.st_dev, handle if handle is not None else st.st_ino)
         node = self.by_key.get(key)
         if node is not None:
             if fd is not None:
                 os.close(fd)
             node.lookups += 1
             return node
-        if fd is None:
+        if fd is None and handle is None:
             fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
-        node = Node(self._next_ino, fd, key, st.st_mode)
+        node = Node(self._next_ino, -1 if fd is None else fd, key, st.st_mode, self, handle)
         self._next_ino += 1
         place(node, parent, name)
         node.lookups = 1
         self.by_ino[node.ino] = node
         self.by_key[key] = node
+        if handle is not None and fd is not None:
+            self._track(node)
         return node
 
     def forget(self, ino: int, count: int) -> None:
@@ -106,11 +190,19 @@ class InodeTable:
             del self.by_ino[ino]
             if self.by_key.get(node.key) is node:
                 del self.by_key[node.key]
-            os.close(node.fd)
+            self._open.pop(ino, None)
+            if node._fd >= 0:
+                os.close(node._fd)
+                node._fd = -1
 
     def close_all(self) -> None:
         for node in self.by_ino.values():
-            if node is not self.root:
-                os.close(node.fd)
+            if node is not self.root and node._fd >= 0:
+                os.close(node._fd)
+                node._fd = -1
+        if self._mount_fd >= 0:
+            os.close(self._mount_fd)
+            self._mount_fd = -1
+        self._open.clear()
         self.by_ino = {self.root.ino: self.root}
         self.by_key = {self.root.key: self.root}

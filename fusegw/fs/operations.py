@@ -407,8 +407,8 @@ class GatewayOperations(pyfuse3.Operations):
             try:
                 st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
                 node = self.inodes.adopt(parent, name, st)
-            except OSError:
-                continue  # gone since the listing
+            except FileNotFoundError:
+                continue  # gone since the listing; any other error fails the readdir
             if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), i + 1):
                 self.inodes.forget(node.ino, 1)  # not sent: the kernel took no lookup
                 break

@@ -54,3 +54,41 @@ def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
         else:
             times[i].tv_sec, times[i].tv_nsec = divmod(ns, 1_000_000_000)
     _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+MAX_HANDLE_SZ = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
+                                    ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+
+
+def name_to_handle(dirfd: int, name: bytes) -> bytes:
+    """The file handle of `name` under dirfd (of dirfd itself if name is empty), never
+    following a symlink: handle type and bytes, which name the inode and its generation."""
+    fh = _FileHandle()
+    fh.handle_bytes = MAX_HANDLE_SZ
+    mount_id = ctypes.c_int()
+    _check(_libc.name_to_handle_at(dirfd, name, ctypes.byref(fh), ctypes.byref(mount_id),
+                                   0 if name else AT_EMPTY_PATH))
+    kind = int(fh.handle_type).to_bytes(4, "little", signed=True)
+    return kind + bytes(fh.f_handle[:fh.handle_bytes])
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Open the inode a handle names (ESTALE once it is gone); needs CAP_DAC_READ_SEARCH."""
+    fh = _FileHandle()
+    fh.handle_type = int.from_bytes(handle[:4], "little", signed=True)
+    fh.handle_bytes = len(handle) - 4
+    ctypes.memmove(fh.f_handle, handle[4:], len(handle) - 4)
+    fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(fh), flags)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd

@@ -23,6 +23,7 @@ SCOPE_NAMES = [PREFIX + n for n in (b"scope", b"used_bytes", b"limit_bytes", b"u
                                     b"limit_inodes")]
 VFOLDER_NAMES = [PREFIX + n for n in (b"vfolder", b"vfolder.used_bytes",
                                       b"vfolder.used_inodes")]
+MAX_LIMIT = 2**63 - 1  # the control API's range for limits
 LIMIT_FIELDS = {PREFIX + b"limit_bytes": "limit_bytes", PREFIX + b"limit_inodes": "limit_inodes"}
 
 # (scope, field, value, caller uid, caller pid) -> None; raises GatewayError on refusal
@@ -86,7 +87,7 @@ class UsageXattrs:
         if not self.allow_set or ctx.uid != 0 or not self._same_mount_ns(ctx.pid):
             raise pyfuse3.FUSEError(errno.EPERM)
         text = value.decode("ascii", "replace").strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_LIMIT:
             raise pyfuse3.FUSEError(errno.EINVAL)
         await self.set_limit(scope, field, int(text), ctx.uid, ctx.pid)
 
