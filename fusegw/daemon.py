@@ -218,6 +218,8 @@ class Gateway:
         except OSError:
             pass
         try:
+            if self.ops is not None:
+                self.ops.late.settle_now()
             self.ledger.flush(force=True)
         finally:
             if self.lease is not None:

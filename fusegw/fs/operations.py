@@ -28,6 +28,7 @@ from fusegw.errors import GatewayError
 from fusegw.fs import syscalls
 from fusegw.fs.attrs import entry_attributes, statvfs_data, write_growth
 from fusegw.fs.inodes import O_PATH_FLAGS, InodeTable, Node
+from fusegw.fs.settle import LateAllocations, may_allocate_later
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, vfolder_hex
 from fusegw.ledger import Ledger, ScopeUsage
@@ -84,6 +85,8 @@ class GatewayOperations(pyfuse3.Operations):
         self.ledger = ledger
         self.xattrs = xattrs
         self.timeout = timeout
+        self.late = LateAllocations(ledger)
+        ledger.settlers.append(self.late)
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, OpenDir] = {}
         self._next_dir = 1
@@ -172,9 +175,7 @@ class GatewayOperations(pyfuse3.Operations):
                 os.ftruncate(fh, attr.st_size)
             else:
                 os.truncate(node.proc, attr.st_size)
-            after = os.fstat(node.fd)
-            if after.st_nlink:
-                self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+            self._recharge(scope, node, before, os.fstat(node.fd))
         if fields.update_mode:
             if stat.S_ISLNK(node.mode):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -302,7 +303,8 @@ class GatewayOperations(pyfuse3.Operations):
             return
         vf_root = parent.depth + 1 == VFOLDER_DEPTH and stat.S_ISDIR(st.st_mode)
         vf = _child_vfolder(parent, name) if vf_root else parent.vf
-        self._charge_entry(scope, vf, vf_root, -st.st_blocks * 512, -1)
+        blocks = st.st_blocks if stat.S_ISDIR(st.st_mode) else self.late.release(st)
+        self._charge_entry(scope, vf, vf_root, -blocks * 512, -1)
         if vf_root and vf is not None:
             scope.vfolders.pop(vf, None)
 
@@ -350,9 +352,7 @@ class GatewayOperations(pyfuse3.Operations):
             scope = await self._begin(node, growth=False)
             before = os.stat(node.fd)
             fd = os.open(node.proc, _backing_flags(flags))
-            after = os.fstat(fd)
-            if after.st_nlink:
-                self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+            self._recharge(scope, node, before, os.fstat(fd))
         else:
             fd = os.open(node.proc, _backing_flags(flags))
         self.files[fd] = OpenFile(node)
@@ -373,8 +373,7 @@ class GatewayOperations(pyfuse3.Operations):
         self.ledger.begin_change(scope)
         written = os.pwrite(fh, buf, off)
         after = os.fstat(fh)
-        if after.st_nlink:  # an unlinked file no longer counts, as for du
-            self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+        self.late.recharge(scope, node, before, after, may_allocate_later(before, off, after))
         return written
 
     async def flush(self, fh: int) -> None:
@@ -479,9 +478,12 @@ class GatewayOperations(pyfuse3.Operations):
 
     def _settle_node(self, scope: ScopeUsage | None, node: Node, before: os.stat_result) -> None:
         """Charge an xattr block the backing filesystem added or freed for the node."""
+        self._recharge(scope, node, before, os.stat(node.fd))
+
+    def _recharge(self, scope: ScopeUsage | None, node: Node, before: os.stat_result,
+                  after: os.stat_result) -> None:
         if scope is not None:
-            after = os.stat(node.fd)
-            self._charge(scope, node.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+            self.late.recharge(scope, node, before, after, track=False)
 
 
 def _backing_flags(flags: int) -> int:

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -30,7 +30,17 @@ DIRTY_FILE = "dirty.json"
 QUIET_SECONDS = 1.0
 UNFROZEN_ATTEMPTS = 2
 
-__all__ = ["Ledger", "QuotaExceeded"]
+__all__ = ["Ledger", "QuotaExceeded", "Settler"]
+
+
+class Settler(Protocol):
+    """Something holding charges the disk may still change (late allocations)."""
+
+    def pending(self, scope: ScopeUsage) -> bool: ...
+
+    async def settle(self, scope: ScopeUsage) -> None: ...
+
+    def forget_scope(self, scope: ScopeUsage) -> None: ...
 
 
 class Ledger:
@@ -40,6 +50,7 @@ class Ledger:
         self.scopes: dict[str, ScopeUsage] = {}
         self.rebuilds: list[dict[str, Any]] = []  # what was rescanned since start, for status
         self.scans: dict[str, int] = {}  # scans in progress: scope -> files seen so far
+        self.settlers: list[Settler] = []
 
     # -- admission and charging (called synchronously from FUSE handlers) --------------------
 
@@ -90,11 +101,10 @@ class Ledger:
 
     def flush(self, force: bool = False) -> None:
         """Snapshot, then clear the dirty marks of scopes quiet for QUIET_SECONDS (all if force)."""
-        now = time.monotonic()
-        settled = [
-            s for s in self.scopes.values()
-            if s.dirty and not s.rebuilding and (force or now - s.last_change >= QUIET_SECONDS)
-        ]
+        if force:
+            settled = [s for s in self.scopes.values() if s.dirty and not s.rebuilding]
+        else:  # a scope with late allocations to settle stays dirty until they are
+            settled = [s for s in self._quiet() if not self._pending(s)]
         if not settled and not force:
             return
         figures = {p: _figures(s) for p, s in self.scopes.items()}
@@ -107,9 +117,22 @@ class Ledger:
         dirty = sorted(p for p, s in self.scopes.items() if s.dirty or s.rebuilding)
         self.state.write(DIRTY_FILE, {"dirty": dirty})
 
+    def _quiet(self) -> list[ScopeUsage]:
+        now = time.monotonic()
+        return [s for s in self.scopes.values()
+                if s.dirty and not s.rebuilding and now - s.last_change >= QUIET_SECONDS]
+
+    def _pending(self, scope: ScopeUsage) -> bool:
+        return any(settler.pending(scope) for settler in self.settlers)
+
     async def flush_loop(self, interval: float = 0.5) -> None:
+        """Settle and snapshot the scopes that have gone quiet."""
         while True:
             await trio.sleep(interval)
+            for scope in self._quiet():
+                for settler in self.settlers:
+                    if settler.pending(scope):
+                        await settler.settle(scope)
             if any(s.dirty for s in self.scopes.values()):
                 self.flush()
 
@@ -147,6 +170,8 @@ class Ledger:
         finally:
             scope.frozen = False
         scope.set_figures(result.used_bytes, result.used_inodes, result.vfolders)
+        for settler in self.settlers:
+            settler.forget_scope(scope)
         scope.ready.set()
         seconds = time.monotonic() - started
         self.rebuilds.append(
