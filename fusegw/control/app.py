@@ -101,6 +101,9 @@ class ControlApp:
                   status, seconds * 1000)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
+        # The whole body is read before any answer, so the connection stays usable for the
+        # next request (an answer over an unread body would make the server drop it).
+        body = await _read_body(receive)
         methods = self.routes.get(scope["path"])
         if methods is None:
             raise NotFound(f"no route {scope['path']}")
@@ -112,7 +115,7 @@ class ControlApp:
             self._check_token(scope)  # every route, GET / included: TCP may cross hosts
         elif (scope["method"], scope["path"]) not in self.public:
             self._authorize(peer)
-        params = await _params(scope, receive)
+        params = _params(scope, body)
         caller = Caller(peer.uid if peer else -1, peer.pid if peer else -1,
                         "tcp" if peer and peer.via == "tcp" else "socket")
         result = await handler(params, caller)
@@ -134,8 +137,7 @@ class ControlApp:
         raise Forbidden(f"uid {peer.uid} is neither root nor in the admin group")
 
 
-async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
-    body = await _read_body(receive)
+def _params(scope: Scope, body: bytes) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if scope["method"] == "GET" and scope.get("query_string"):
         try:
@@ -184,6 +186,8 @@ async def _respond(send: Send, status: int, body: Any) -> None:
     ctype = b"application/problem+json" if status >= 400 else b"application/json"
     data = json.dumps(body).encode()
     headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
+    if status == 413:  # the rest of the body is not read: this connection cannot go on
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
