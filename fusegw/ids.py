@@ -18,6 +18,12 @@ class QuotaScopeType(enum.StrEnum):
     PROJECT = "project"
 
 
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameters(f"{field} must be a string", data={field: "not a string"})
+    return value
+
+
 def _parse_uuid(text: str, field: str) -> uuid.UUID:
     try:
         # uuid.UUID accepts braces and "urn:uuid:"; the storage proxy accepts hex or hyphenated.
@@ -38,9 +44,7 @@ class QuotaScopeID:
     @classmethod
     def parse(cls, text: object, field: str = "qsid") -> QuotaScopeID:
         """Split on the first `:`; the type is case-insensitive, the rest must be a UUID."""
-        if not isinstance(text, str):
-            raise InvalidParameters(f"{field} must be a string", data={field: "not a string"})
-        kind, sep, rest = text.partition(":")
+        kind, sep, rest = _text(text, field).partition(":")
         if not sep:
             raise InvalidParameters(
                 f"{field} must look like user:<uuid> or project:<uuid>", data={field: "no type"}
@@ -69,9 +73,7 @@ class VFolderID:
 
     @classmethod
     def parse(cls, text: object, field: str = "vfid") -> VFolderID:
-        if not isinstance(text, str):
-            raise InvalidParameters(f"{field} must be a string", data={field: "not a string"})
-        qsid, sep, fid = text.rpartition("/")
+        qsid, sep, fid = _text(text, field).rpartition("/")
         if not sep:
             raise InvalidParameters(
                 f"{field} must look like <quota scope id>/<folder uuid hex>", data={field: "no /"}

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -155,6 +157,32 @@ class Gateway:
                            capture_output=True)
             if is_mounted(self.mountpoint):
                 subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def public_dir() -> Iterator[Path]:
+    """A directory every uid may traverse (pytest's own is 0700), for volumes, mount points
+    and sockets that other users' processes must reach."""
+    base = Path(tempfile.mkdtemp(prefix="fusegw-test-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    if not any(is_mounted(p) for p in base.glob("*.mnt")):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def start_gateway(base: Path, name: str, extra: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> Gateway:
+    """A gateway over base/name mounted at base/name.mnt, for module-scoped fixtures."""
+    (base / name).mkdir()
+    (base / f"{name}.mnt").mkdir()
+    gw = Gateway(base / name, base / f"{name}.mnt", base / f"{name}.sock", base / f"{name}.log",
+                 name, extra or [], env or {})
+    try:
+        gw.start()
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
 
 
 @pytest.fixture

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +26,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gateway, is_mounted, new_qsid, run_as, scope_hex, wait_for
+from conftest import (
+    Gateway,
+    new_qsid,
+    run_as,
+    scope_hex,
+    start_gateway,
+    wait_for,
+)
 
 PROBS = "https://api.backend.ai/probs/storage/"
 INVALID = PROBS + "invalid-api-params"
@@ -38,30 +43,6 @@ MiB = 2**20
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def public_dir() -> Iterator[Path]:
-    """A directory every uid may traverse, to hold volumes, mount points and sockets."""
-    base = Path(tempfile.mkdtemp(prefix="fusegw-control-", dir="/tmp"))
-    base.chmod(0o755)
-    yield base
-    if not any(is_mounted(p) for p in base.glob("*.mnt")):
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def start_gateway(base: Path, name: str, extra: list[str] | None = None) -> Gateway:
-    src = base / name
-    src.mkdir()
-    mnt = base / f"{name}.mnt"
-    mnt.mkdir()
-    gw = Gateway(src, mnt, base / f"{name}.sock", base / f"{name}.log", name, extra or [], {})
-    try:
-        gw.start()
-    except BaseException:
-        gw.stop()
-        raise
-    return gw
 
 
 @pytest.fixture(scope="module")

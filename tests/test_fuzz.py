@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gateway, new_qsid
+from conftest import Gateway, new_qsid, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,11 +29,7 @@ STATS = {"sent": 0, "5xx": 0, "refused": 0, "accepted": 0}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    base = tmp_path_factory.mktemp("fuzz")
-    (base / "vol").mkdir()
-    (base / "mnt").mkdir()
-    gw = Gateway(base / "vol", base / "mnt", base / "vol.sock", base / "vol.log", "vol")
-    gw.start()
+    gw = start_gateway(tmp_path_factory.mktemp("fuzz"), "vol")
     try:
         yield gw
     finally:

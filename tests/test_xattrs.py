@@ -18,16 +18,21 @@ import errno
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, du_bytes, is_mounted, new_qsid, run_as, scope_hex
+from conftest import (
+    Gateway,
+    du_bytes,
+    new_qsid,
+    run_as,
+    scope_hex,
+    start_gateway,
+)
 
 MiB = 2**20
 P = "user.fusegw."
@@ -38,28 +43,6 @@ DECIMAL = re.compile(rb"^(0|[1-9][0-9]*)$")
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def public_dir() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="fusegw-xattrs-", dir="/tmp"))
-    base.chmod(0o755)
-    yield base
-    if not any(is_mounted(p) for p in base.glob("*.mnt")):
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def start_gateway(base: Path, name: str, extra: list[str] | None = None) -> Gateway:
-    (base / name).mkdir()
-    (base / f"{name}.mnt").mkdir()
-    gw = Gateway(base / name, base / f"{name}.mnt", base / f"{name}.sock", base / f"{name}.log",
-                 name, extra or [], {})
-    try:
-        gw.start()
-    except BaseException:
-        gw.stop()
-        raise
-    return gw
 
 
 @pytest.fixture(scope="module")

@@ -200,41 +200,38 @@ class GatewayOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
-        self._check_parent(parent, name)
-        scope = await self._begin(parent, 0, 1)
-        pst = os.fstat(parent.fd)
-        os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=parent.fd)
-        os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
-        node, st = self._new_entry(parent, name, scope, pst)
-        return self._attrs(node, st)
+        return await self._make(parent_inode, name, ctx, 0, False, lambda dir_fd: os.mknod(
+            name, mode & ~ctx.umask, rdev, dir_fd=dir_fd))
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
-        self._check_parent(parent, name)
-        pst = os.fstat(parent.fd)
-        scope = await self._begin(parent, pst.st_blksize, 1)
-        pst = os.fstat(parent.fd)
-        os.mkdir(name, mode & ~ctx.umask, dir_fd=parent.fd)
-        try:
-            os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
-        except OSError:
-            os.rmdir(name, dir_fd=parent.fd)
-            raise
-        node, st = self._new_entry(parent, name, scope, pst)
-        return self._attrs(node, st)
+        return await self._make(parent_inode, name, ctx, 1, True, lambda dir_fd: os.mkdir(
+            name, mode & ~ctx.umask, dir_fd=dir_fd))
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        blocks = 1 if len(target) > FAST_SYMLINK_MAX else 0
+        return await self._make(parent_inode, name, ctx, blocks, False,
+                                lambda dir_fd: os.symlink(target, name, dir_fd=dir_fd))
+
+    async def _make(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext,
+                    blocks: int, is_dir: bool,
+                    make: Callable[[int], None]) -> pyfuse3.EntryAttributes:
+        """Create an entry that is not opened (node, directory, symlink) owned by the caller.
+
+        `blocks` is what the new entry itself may allocate, for admission.
+        """
         parent = self.inodes.get(parent_inode)
         self._check_parent(parent, name)
         pst = os.fstat(parent.fd)
-        nbytes = pst.st_blksize if len(target) > FAST_SYMLINK_MAX else 0
-        scope = await self._begin(parent, nbytes, 1)
-        pst = os.fstat(parent.fd)
-        os.symlink(target, name, dir_fd=parent.fd)
-        os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
+        scope = await self._begin(parent, blocks * pst.st_blksize, 1)
+        pst = os.fstat(parent.fd)  # again: _begin may have waited for a rebuild
+        make(parent.fd)
+        try:
+            os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            (os.rmdir if is_dir else os.unlink)(name, dir_fd=parent.fd)
+            raise
         node, st = self._new_entry(parent, name, scope, pst)
         return self._attrs(node, st)
 
