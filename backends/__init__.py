@@ -3,7 +3,8 @@
 Nothing here knows about FUSE; the gateway (`fusegw`) uses these, never the other way round.
 """
 
-from backends.base import QuotaBackend, QuotaLimits, QuotaUsage
+from backends.base import BackendError, QuotaBackend, QuotaLimits, QuotaUsage, run_command
 from backends.registry import get_backend
 
-__all__ = ["QuotaBackend", "QuotaLimits", "QuotaUsage", "get_backend"]
+__all__ = ["BackendError", "QuotaBackend", "QuotaLimits", "QuotaUsage", "get_backend",
+           "run_command"]

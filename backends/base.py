@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import errno
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+import trio
+
+COMMAND_TIMEOUT = 30.0
+
+
+class BackendError(Exception):
+    """The storage's quota mechanism failed (a command missing, failing, timing out; a vendor
+    API refusing). The scope is left as it was; the message says what failed."""
+
+    def __init__(self, message: str, errno_: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+async def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a backend command off the event loop's hot path; its stdout, or BackendError."""
+    try:
+        with trio.fail_after(timeout):
+            proc = await trio.run_process(list(argv), capture_stdout=True, capture_stderr=True,
+                                          check=False, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise BackendError(f"command not found: {argv[0]}", errno.ENOENT) from None
+    except trio.TooSlowError:
+        raise BackendError(f"{' '.join(argv)} timed out after {timeout:.0f}s",
+                           errno.ETIMEDOUT) from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise BackendError(f"{' '.join(argv)}: {err}")
+    return str(proc.stdout.decode(errors="replace"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +75,10 @@ class QuotaBackend(abc.ABC):
 
     def scope_path(self, pathname: str) -> Path:
         return self.volume / pathname
+
+    async def check_volume(self) -> None:
+        """Refuse (BackendError) a volume this backend cannot serve; called before mounting."""
+        return None
 
     @abc.abstractmethod
     async def create_scope(self, pathname: str, limits: QuotaLimits) -> None: ...
