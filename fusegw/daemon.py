@@ -16,7 +16,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from backends import QuotaBackend, get_backend
+from backends import BackendError, QuotaBackend, get_backend
 from fusegw import __version__
 from fusegw.control.app import ControlApp
 from fusegw.control.metrics import Metrics
@@ -108,7 +108,9 @@ class Gateway:
                                                  settings.backend_options)
         self.state = StateDir(settings.source)
         self.registry = Registry(self.state)
-        self.ledger = Ledger(settings.source, self.state)
+        self.ledger = Ledger(settings.source, self.state,
+                             enforce_bytes=not self.backend.enforces_bytes,
+                             enforce_inodes=not self.backend.enforces_inodes)
         self.lease: Lease | None = None
         self.service = ScopeService(self.registry, self.ledger, self.backend,
                                     on_change=self._invalidate_scope)
@@ -156,9 +158,11 @@ class Gateway:
 
     async def run(self, ready: Callable[[], None]) -> None:
         s = self.settings
+        await self.backend.check_volume()
         rebuild = self.open_volume()
         root_fd = os.open(s.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits)
+        xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits,
+                             self.service.native)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
         metrics = Metrics(self.ledger, s.volume)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
@@ -253,6 +257,8 @@ def run_gateway(settings: MountSettings, ready: Callable[[], None]) -> None:
         trio.run(Gateway(settings).run, ready)
     except GatewayError as e:
         raise StartupError(e.detail) from None
+    except BackendError as e:
+        raise StartupError(f"backend {settings.backend}: {e}") from None
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
             raise StartupError(str(e)) from None

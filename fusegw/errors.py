@@ -121,3 +121,12 @@ class VolumeRefused(GatewayError):
     title = "Volume cannot be served"
     status = 409
     errno = errno.EBUSY
+
+
+class BackendFailure(GatewayError):
+    """The storage's quota mechanism failed; the scope was left as it was."""
+
+    kind = "backend/failure"
+    title = "The storage backend failed"
+    status = 502
+    errno = errno.EIO

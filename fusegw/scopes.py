@@ -17,6 +17,7 @@ from backends import QuotaBackend, QuotaLimits
 from fusegw.errors import QuotaScopeExists, QuotaScopeNotEmpty, QuotaScopeNotFound
 from fusegw.ids import QuotaScopeID
 from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.native import NativeFigures
 from fusegw.state.registry import Registry, ScopeRecord
 
 audit = logging.getLogger("fusegw.audit")
@@ -36,6 +37,7 @@ class ScopeService:
         self.ledger = ledger
         self.backend = backend
         self.on_change = on_change or (lambda pathname: None)
+        self.native = NativeFigures(backend)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -47,7 +49,7 @@ class ScopeService:
 
     async def describe(self, qsid: QuotaScopeID) -> dict[str, int | None]:
         scope = self.get(qsid)
-        native = await self.backend.describe_scope(scope.pathname)
+        native = await self.native.get(scope.pathname)
         figures = _figures(scope)
         if native is not None:
             figures.update(_usage_dict(native))
@@ -154,6 +156,7 @@ class ScopeService:
                           create_missing=False)
 
     def _store_limits(self, scope: ScopeUsage, limits: dict[str, int]) -> None:
+        self.native.forget(scope.pathname)
         record = self.registry.scopes[scope.pathname]
         record.limit_bytes = scope.limit_bytes = limits["limit_bytes"]
         record.limit_inodes = scope.limit_inodes = limits["limit_inodes"]

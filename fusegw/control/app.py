@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+from backends import BackendError
 from fusegw.errors import (
+    BackendFailure,
     Forbidden,
     GatewayError,
     InvalidParameters,
@@ -89,6 +91,8 @@ class ControlApp:
             return
         except GatewayError as e:
             status, body = e.status, e.problem()
+        except BackendError as e:
+            status, body = 502, BackendFailure(str(e)).problem()
         except Exception:  # a bug, never a bad request: keep serving and say so
             log.exception("control request failed")
             status, body = 500, GatewayError("internal error").problem()

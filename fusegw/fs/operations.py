@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
+from backends import BackendError
 from fusegw.errors import GatewayError
 from fusegw.fs import syscalls
 from fusegw.fs.attrs import entry_attributes, statvfs_data, write_growth
@@ -51,7 +52,7 @@ def fuse_errors(fn: F) -> F:
             raise
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except GatewayError as e:
+        except (GatewayError, BackendError) as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except KeyError:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
@@ -368,7 +369,12 @@ class GatewayOperations(pyfuse3.Operations):
         before = os.fstat(fh)
         scope.check_growth(write_growth(before, off, len(buf)), 0)
         self.ledger.begin_change(scope)
-        written = os.pwrite(fh, buf, off)
+        try:
+            written = os.pwrite(fh, buf, off)
+        except OSError as e:
+            if e.errno == errno.EDQUOT:  # the storage's own limit (a native enforcer)
+                scope.refusals += 1
+            raise
         after = os.fstat(fh)
         self.late.recharge(scope, node, before, after, may_allocate_later(before, off, after))
         return written
@@ -437,7 +443,7 @@ class GatewayOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.inodes.get(inode)
-        value = self.xattrs.get(node, name)
+        value = await self.xattrs.get(node, name)
         if value is not None:
             return value
         if self.xattrs.is_reserved(name) or stat.S_ISLNK(node.mode):

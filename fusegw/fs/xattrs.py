@@ -17,6 +17,7 @@ import pyfuse3
 from fusegw.fs.inodes import Node
 from fusegw.layout import SCOPE_DEPTH
 from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.native import NativeFigures
 
 PREFIX = b"user.fusegw."
 SCOPE_NAMES = [PREFIX + n for n in (b"scope", b"used_bytes", b"limit_bytes", b"used_inodes",
@@ -36,8 +37,9 @@ def _own_mount_ns() -> str:
 
 class UsageXattrs:
     def __init__(self, ledger: Ledger, set_limit: LimitSetter | None = None,
-                 allow_set: bool = False) -> None:
+                 allow_set: bool = False, native: NativeFigures | None = None) -> None:
         self.ledger = ledger
+        self.native = native  # the storage's figures where it keeps them (cached 1 s)
         self.set_limit = set_limit
         self.allow_set = allow_set
         self._mnt_ns = _own_mount_ns()
@@ -55,7 +57,7 @@ class UsageXattrs:
             return []
         return SCOPE_NAMES + VFOLDER_NAMES if node.vf else list(SCOPE_NAMES)
 
-    def get(self, node: Node, name: bytes) -> bytes | None:
+    async def get(self, node: Node, name: bytes) -> bytes | None:
         """The attribute's value, or None when it is not one of ours for this node."""
         if not name.startswith(PREFIX):
             return None
@@ -66,7 +68,13 @@ class UsageXattrs:
         if key == b"scope":
             return str(scope.qsid).encode()
         if key in (b"used_bytes", b"limit_bytes", b"used_inodes", b"limit_inodes"):
-            return str(getattr(scope, key.decode())).encode()
+            field = key.decode()
+            if self.native is not None and self.native.native:
+                usage = await self.native.get(scope.pathname)
+                value = getattr(usage, field) if usage is not None else None
+                if value is not None:
+                    return str(value).encode()
+            return str(getattr(scope, field)).encode()
         if node.vf is None:
             return None
         if key == b"vfolder":

@@ -44,8 +44,11 @@ class Settler(Protocol):
 
 
 class Ledger:
-    def __init__(self, volume: Path, state: StateDir) -> None:
+    def __init__(self, volume: Path, state: StateDir, enforce_bytes: bool = True,
+                 enforce_inodes: bool = True) -> None:
         self.volume = volume
+        self.enforce_bytes = enforce_bytes
+        self.enforce_inodes = enforce_inodes
         self.state = state
         self.scopes: dict[str, ScopeUsage] = {}
         self.rebuilds: list[dict[str, Any]] = []  # what was rescanned since start, for status
@@ -74,7 +77,8 @@ class Ledger:
     # -- scope registry mirror ------------------------------------------------------------------
 
     def add_scope(self, qsid: QuotaScopeID, limit_bytes: int, limit_inodes: int) -> ScopeUsage:
-        scope = ScopeUsage(qsid, limit_bytes, limit_inodes)
+        scope = ScopeUsage(qsid, limit_bytes, limit_inodes, self.enforce_bytes,
+                           self.enforce_inodes)
         self.scopes[scope.pathname] = scope
         return scope
 

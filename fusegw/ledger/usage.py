@@ -33,8 +33,12 @@ class ScopeUsage:
     below it (the directory itself included) and the number of inodes below it.
     """
 
-    def __init__(self, qsid: QuotaScopeID, limit_bytes: int = 0, limit_inodes: int = 0) -> None:
+    def __init__(self, qsid: QuotaScopeID, limit_bytes: int = 0, limit_inodes: int = 0,
+                 enforce_bytes: bool = True, enforce_inodes: bool = True) -> None:
         self.qsid = qsid
+        # False where the storage enforces that limit itself (its EDQUOT passes through)
+        self.enforce_bytes = enforce_bytes
+        self.enforce_inodes = enforce_inodes
         self.pathname = qsid.pathname
         self.limit_bytes = limit_bytes
         self.limit_inodes = limit_inodes
@@ -63,10 +67,12 @@ class ScopeUsage:
 
     def check_growth(self, nbytes: int, ninodes: int) -> None:
         """Refuse growth that would take the scope past a limit; no growth always passes."""
-        if nbytes > 0 and self.limit_bytes and self.used_bytes + nbytes > self.limit_bytes:
+        if (nbytes > 0 and self.enforce_bytes and self.limit_bytes
+                and self.used_bytes + nbytes > self.limit_bytes):
             self.refusals += 1
             raise QuotaExceeded(f"{self.qsid}: byte limit {self.limit_bytes} reached")
-        if ninodes > 0 and self.limit_inodes and self.used_inodes + ninodes > self.limit_inodes:
+        if (ninodes > 0 and self.enforce_inodes and self.limit_inodes
+                and self.used_inodes + ninodes > self.limit_inodes):
             self.refusals += 1
             raise QuotaExceeded(f"{self.qsid}: inode limit {self.limit_inodes} reached")
 
