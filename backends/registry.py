@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import QuotaBackend
+from backends.btrfs import BtrfsBackend
 from backends.vfs import VFSBackend
 
-BACKENDS: dict[str, type[QuotaBackend]] = {"vfs": VFSBackend}
+BACKENDS: dict[str, type[QuotaBackend]] = {"vfs": VFSBackend, "btrfs": BtrfsBackend}
 
 
 def get_backend(name: str, volume: Path, options: Mapping[str, Any] | None = None) -> QuotaBackend:

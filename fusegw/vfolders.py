@@ -125,24 +125,34 @@ class VFolderService:
             os.close(parent)
 
     async def delete(self, vfid: VFolderID, caller: Caller) -> None:
+        """Remove the vfolder's tree, then the fan-out directories it leaves empty."""
         scope = self._existing(vfid)
         h = vfid.hex
         self.ledger.begin_change(scope)
-        with _opendir(str(self.volume / vfid.quota_scope_id.pathname / h[0:2] / h[2:4])) as fd:
-            before = os.fstat(fd).st_blocks
-            root_blocks = os.stat(h[4:], dir_fd=fd, follow_symlinks=False).st_blocks
-
-            def remove() -> None:
-                shutil.rmtree(h[4:], dir_fd=fd)
-
-            await trio.to_thread.run_sync(remove)
-            grown = (os.fstat(fd).st_blocks - before) * 512
-        vf = scope.vfolders.pop(h, None)
-        if vf is not None:
-            scope.charge(None, -vf.used_bytes, -vf.used_inodes)
-        else:
-            scope.charge(None, -root_blocks * 512, 0)
-        scope.charge(None, grown, -1)
+        with contextlib.ExitStack() as stack:
+            fds = [stack.enter_context(_opendir(str(self.volume / scope.pathname)))]
+            for name in (h[0:2], h[2:4]):
+                fds.append(stack.enter_context(_opendir(name, fds[-1])))
+            before = [os.fstat(fd).st_blocks for fd in fds]
+            root_blocks = os.stat(h[4:], dir_fd=fds[2], follow_symlinks=False).st_blocks
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(h[4:], dir_fd=fds[2]))
+            vf = scope.vfolders.pop(h, None)
+            if vf is not None:
+                scope.charge(None, -vf.used_bytes, -vf.used_inodes - 1)
+            else:
+                scope.charge(None, -root_blocks * 512, -1)
+            kept = 3
+            for parent, name in ((fds[1], h[2:4]), (fds[0], h[0:2])):
+                blocks = os.stat(name, dir_fd=parent, follow_symlinks=False).st_blocks
+                try:
+                    os.rmdir(name, dir_fd=parent)
+                except OSError:  # another vfolder shares it
+                    break
+                scope.charge(None, -blocks * 512, -1)
+                kept -= 1
+            # what the remaining directories grew or shrank by while entries went
+            grown = sum(os.fstat(fd).st_blocks - b
+                        for fd, b in zip(fds[:kept], before, strict=False))
+        scope.charge(None, grown * 512, 0)
         self.scopes.audit(caller, "vfolder.delete", vfid.quota_scope_id, {"vfid": str(vfid)},
                           None)
-

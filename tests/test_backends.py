@@ -1,0 +1,200 @@
+"""One behavioural suite for quota scopes, run through the gateway on every backend that can
+run here: `vfs` (the gateway enforces) and `btrfs` (a real btrfs on a loop device; the kernel
+enforces through qgroups and the gateway passes its EDQUOT through).
+
+`BLOCK` is what one allocation unit, or an empty scope's own metadata, may add: a 4 KiB
+directory block on ext4; the empty subvolume's 16 KiB of metadata on btrfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from btrfs_fixtures import make_btrfs
+from conftest import Gateway, du_bytes, new_qsid, scope_hex, wait_for
+
+MiB = 2**20
+BLOCK = {"vfs": 4096, "btrfs": 16384}
+
+
+@pytest.fixture(scope="module", params=["vfs", "btrfs"])
+def backend_gw(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Gateway]]:
+    backend: str = request.param
+    base = tmp_path_factory.mktemp(backend)
+    with _volume(backend, base) as source:
+        mnt = base / "gw.mnt"
+        mnt.mkdir()
+        gw = Gateway(source, mnt, base / "gw.sock", base / "gw.log", backend,
+                     ["--backend", backend], {})
+        try:
+            gw.start()
+            yield backend, gw
+        finally:
+            gw.stop()
+
+
+def _volume(backend: str, base: Path):  # type: ignore[no-untyped-def]
+    if backend == "btrfs":
+        return make_btrfs(base / "btrfs")
+    source = base / "vol"
+    source.mkdir()
+    return _nullcontext(source)
+
+
+class _nullcontext:
+    def __init__(self, value: Path) -> None:
+        self.value = value
+
+    def __enter__(self) -> Path:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def qgroup_referenced(path: Path) -> tuple[int, int | None]:
+    """(referenced, max referenced) of the subvolume's qgroup, as `btrfs qgroup show` says."""
+    subvol = subprocess.run(["btrfs", "inspect-internal", "rootid", str(path)],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(["btrfs", "qgroup", "show", "-reF", "--raw", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[0] == f"0/{subvol}":
+            return int(fields[1]), None if fields[3] == "none" else int(fields[3])
+    raise AssertionError(f"no qgroup 0/{subvol} in {out}")
+
+
+def settled_used(gw: Gateway, qsid: str, low: int, high: int) -> int:
+    """Poll (the storage's figures are cached for up to a second) until used is in range."""
+    def used_in_range() -> int | None:
+        os.sync()
+        used = int(gw.describe(qsid)["used_bytes"])
+        return used if low <= used <= high else None
+
+    return int(wait_for(used_in_range, 20, f"used_bytes in [{low}, {high}]"))
+
+
+def test_create_and_describe_empty_scope(backend_gw):
+    """Right after creation: used <= one block (or the empty subvolume), limit as created."""
+    backend, gw = backend_gw
+    qsid = new_qsid()
+    gw.create_scope(qsid, limit_bytes=10 * MiB)
+    figures = gw.describe(qsid)
+    assert figures["used_bytes"] <= BLOCK[backend]
+    assert figures["limit_bytes"] == 10 * MiB
+
+
+def test_usage_after_writing_8192_bytes(backend_gw):
+    """The storage proxy's own expectation: 8192 <= used <= 8192 + one block, after a sync."""
+    backend, gw = backend_gw
+    qsid = new_qsid()
+    scope_dir = gw.create_scope(qsid, limit_bytes=10 * MiB)
+    with open(scope_dir / "test.bin", "wb") as f:
+        f.write(b"x" * 8192)
+        os.fsync(f.fileno())
+    used = settled_used(gw, qsid, 8192, 8192 + BLOCK[backend])
+    xattr = int(os.getxattr(scope_dir, "user.fusegw.used_bytes"))
+    assert 8192 <= xattr <= 8192 + BLOCK[backend]
+    if backend == "btrfs":
+        referenced, limit = qgroup_referenced(gw.source / scope_hex(qsid))
+        assert used == referenced or xattr == referenced
+        assert limit == 10 * MiB
+    else:
+        assert used == du_bytes(gw.source / scope_hex(qsid))
+
+
+def test_update_upsert_unset_delete(backend_gw):
+    """PATCH changes a limit and creates a missing scope; DELETE quota lifts it; DELETE
+    removes an empty scope and refuses one that holds a vfolder."""
+    backend, gw = backend_gw
+    qsid = new_qsid("project")
+    r = gw.request("PATCH", "/quota-scope",
+                   {"volume": gw.volume, "qsid": qsid, "options": {"limit_bytes": 5 * MiB}})
+    assert r.status_code == 204, r.text
+    assert gw.describe(qsid)["limit_bytes"] == 5 * MiB
+    r = gw.request("PATCH", "/quota-scope",
+                   {"volume": gw.volume, "qsid": qsid, "options": {"limit_bytes": 7 * MiB}})
+    assert r.status_code == 204
+    assert gw.describe(qsid)["limit_bytes"] == 7 * MiB
+    if backend == "btrfs":
+        assert qgroup_referenced(gw.source / scope_hex(qsid))[1] == 7 * MiB
+    r = gw.request("DELETE", "/quota-scope/quota", {"volume": gw.volume, "qsid": qsid})
+    assert r.status_code == 204
+    assert gw.describe(qsid)["limit_bytes"] is None
+    if backend == "btrfs":
+        assert qgroup_referenced(gw.source / scope_hex(qsid))[1] is None
+    vfid = f"{qsid}/{uuid.uuid4().hex}"
+    r = gw.request("POST", "/folder/create", {"volume": gw.volume, "vfid": vfid})
+    assert r.status_code == 204, r.text
+    r = gw.request("DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+    assert r.status_code == 409
+    assert (gw.mountpoint / scope_hex(qsid)).is_dir()
+    r = gw.request("POST", "/folder/delete", {"volume": gw.volume, "vfid": vfid})
+    assert r.status_code == 204
+    r = gw.request("DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+    assert r.status_code == 204, r.text
+    assert not (gw.source / scope_hex(qsid)).exists()
+    assert gw.request("GET", "/quota-scope",
+                      {"volume": gw.volume, "qsid": qsid}).status_code == 404
+
+
+def test_write_past_limit_is_edquot(backend_gw):
+    """Writing through the gateway past the limit fails with EDQUOT; what was accepted stays
+    within the limit (plus the storage's own metadata slack on btrfs)."""
+    backend, gw = backend_gw
+    qsid = new_qsid()
+    scope_dir = gw.create_scope(qsid, limit_bytes=2 * MiB)
+    chunk = b"y" * (256 * 1024)
+    written = 0
+    with pytest.raises(OSError) as excinfo, open(scope_dir / "big.bin", "wb",
+                                                 buffering=0) as f:
+        for _ in range(64):
+            written += f.write(chunk)
+    assert excinfo.value.errno == errno.EDQUOT
+    assert 0 < written <= 2 * MiB
+    assert os.path.getsize(scope_dir / "big.bin") == written
+    if backend == "btrfs":
+        # the kernel is the enforcer: the same limit refuses a write made beside the gateway
+        with pytest.raises(OSError) as direct, open(gw.source / scope_hex(qsid) / "d.bin",
+                                                    "wb", buffering=0) as f:
+            for _ in range(64):
+                f.write(chunk)
+        assert direct.value.errno == errno.EDQUOT
+
+
+def test_vfolder_figures_come_from_the_ledger(backend_gw):
+    """Per-vfolder usage is the gateway's ledger on every backend: du of the vfolder dir."""
+    backend, gw = backend_gw
+    qsid = new_qsid()
+    gw.create_scope(qsid, limit_bytes=50 * MiB)
+    vfolder = gw.make_vfolder(qsid)
+    (vfolder / "a").write_bytes(b"a" * 100_000)
+    (vfolder / "sub").mkdir()
+    (vfolder / "sub" / "b").write_bytes(b"b" * 5000)
+    backing = gw.source / vfolder.relative_to(gw.mountpoint)
+    os.sync()
+    assert int(os.getxattr(vfolder, "user.fusegw.vfolder.used_bytes")) == du_bytes(backing)
+    assert int(os.getxattr(vfolder, "user.fusegw.vfolder.used_inodes")) == 3
+    vfid = os.getxattr(vfolder, "user.fusegw.vfolder").decode()
+    usage = gw.request("GET", "/folder/usage", {"volume": gw.volume, "vfid": vfid}).json()
+    assert usage == {"file_count": 3, "used_bytes": du_bytes(backing)}
+
+
+def test_inode_limit_enforced_by_gateway(backend_gw):
+    """Inode limits hold on every backend (btrfs has none: the gateway enforces them)."""
+    backend, gw = backend_gw
+    qsid = new_qsid()
+    scope_dir = gw.create_scope(qsid, limit_inodes=3)
+    for i in range(3):
+        (scope_dir / f"f{i}").touch()
+    with pytest.raises(OSError) as excinfo:
+        (scope_dir / "f3").touch()
+    assert excinfo.value.errno == errno.EDQUOT
