@@ -172,7 +172,7 @@ def test_write_past_limit_is_edquot(backend_gw):
 
 def test_vfolder_figures_come_from_the_ledger(backend_gw):
     """Per-vfolder usage is the gateway's ledger on every backend: du of the vfolder dir."""
-    backend, gw = backend_gw
+    _, gw = backend_gw
     qsid = new_qsid()
     gw.create_scope(qsid, limit_bytes=50 * MiB)
     vfolder = gw.make_vfolder(qsid)
@@ -190,7 +190,7 @@ def test_vfolder_figures_come_from_the_ledger(backend_gw):
 
 def test_inode_limit_enforced_by_gateway(backend_gw):
     """Inode limits hold on every backend (btrfs has none: the gateway enforces them)."""
-    backend, gw = backend_gw
+    _, gw = backend_gw
     qsid = new_qsid()
     scope_dir = gw.create_scope(qsid, limit_inodes=3)
     for i in range(3):
