@@ -1,0 +1,354 @@
+"""`make bench`: the gateway against the native filesystem (and pyfuse3's passthroughfs.py
+example) on the same disk, in one run; medians of interleaved repetitions, as ratios and
+absolute figures, written to bench/results/ as JSON and markdown.
+
+    .venv/bin/python bench/run.py [--quick]
+
+Needs root (mounts, drop_caches), fio, and network access to PyPI once (the example is taken
+from pyfuse3's source distribution into bench/.cache/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pyfuse3
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WORK = ROOT / "var" / "bench"
+CACHE = BENCH / ".cache"
+RESULTS = BENCH / "results"
+PY = sys.executable
+QSID = "user:0d7b2a4e-8a51-4d5c-9c1f-7f0a0f0e0c11"
+UNLIMITED_QSID = "project:5e0f9c6a-3b1d-4c2e-9a7f-0b1c2d3e4f50"
+FID = "9f86d081884c7d659a2feaa0c55ad015"
+
+
+def sh(*argv: str, **kw: Any) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 120.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(pred)
+
+
+def workload(*args: str) -> dict[str, float]:
+    out = sh(PY, str(BENCH / "workloads.py"), *args)
+    return dict(json.loads(out))
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, name: str) -> None:
+        self.source = WORK / name
+        self.mnt = WORK / f"{name}.mnt"
+        self.sock = WORK / f"{name}.sock"
+        self.log = WORK / f"{name}.log"
+        self.pid = 0
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.source.mkdir(parents=True, exist_ok=True)
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(Path(PY).with_name("fusegw")), "mount", str(self.source),
+                        str(self.mnt), "--control-socket", str(self.sock), "--log-file",
+                        str(self.log), "--volume", "bench"], check=True,
+                       env={**os.environ, **(env or {})})
+        self.pid = int(self.api("GET", "/").json()["pid"])
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)),
+                          base_url="http://fusegw", timeout=600) as c:
+            return c.request(method, path, content=json.dumps(body) if body else None)
+
+    def vfolder(self, qsid: str, limit: int | None) -> Path:
+        vfid = f"{qsid}/{FID}"
+        r = self.api("POST", "/folder/create", {
+            "volume": "bench", "vfid": vfid,
+            "options": {"initial_max_size_for_quota_scope": limit} if limit else None})
+        assert r.status_code in (204, 409), r.text
+        return Path(self.api("GET", "/folder/mount", {"volume": "bench", "vfid": vfid})
+                    .json()["path"])
+
+    def stop(self, kill: bool = False) -> None:
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            wait_for(lambda: not psutil.pid_exists(self.pid) or
+                     psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE)
+        if mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        self.pid = 0
+
+
+def example_script() -> Path:
+    """pyfuse3's own examples/passthroughfs.py, from the source distribution on PyPI."""
+    target = CACHE / "passthroughfs.py"
+    if target.exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sh(PY, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+       f"pyfuse3=={pyfuse3.__version__}", "-d", str(CACHE))
+    sdist = next(CACHE.glob("pyfuse3-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("examples/passthroughfs.py"))
+        data = tar.extractfile(member)
+        assert data is not None
+        target.write_bytes(data.read())
+    return target
+
+
+@contextmanager
+def example_mount() -> Iterator[Path]:
+    source, mnt = WORK / "example", WORK / "example.mnt"
+    source.mkdir(parents=True, exist_ok=True)
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([PY, str(example_script()), str(source), str(mnt)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: mounted(mnt), 30)
+        yield mnt
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+def fio(directory: Path, name: str, rw: str, bs: str, size: str, extra: list[str]) -> float:
+    """Throughput in MiB/s of one fio job in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = sh("fio", f"--name={name}", f"--directory={directory}", f"--rw={rw}", f"--bs={bs}",
+             f"--size={size}", "--ioengine=psync", "--output-format=json", *extra)
+    job = json.loads(out)["jobs"][0]
+    side = job["write"] if rw in ("write", "randwrite") else job["read"]
+    return float(side["bw_bytes"]) / 2**20
+
+
+def data_phase(target: Path, size: str) -> dict[str, float]:
+    target.mkdir(parents=True, exist_ok=True)
+    for f in target.glob("seq*"):
+        f.unlink()
+    result = {"seq_write_MiBps": fio(target, "seq", "write", "1M", size, ["--end_fsync=1"])}
+    drop_caches()
+    result["seq_read_MiBps"] = fio(target, "seq", "read", "1M", size, [])
+    drop_caches()
+    result["rand_read_4k_MiBps"] = fio(target, "seq", "randread", "4k", size,
+                                       ["--runtime=8", "--time_based"])
+    for f in target.glob("seq*"):
+        f.unlink()
+    return result
+
+
+def median_of(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    n_meta = 2000 if quick else 10_000
+    n_dir = 20_000 if quick else 100_000
+    n_rescan = 50_000 if quick else 200_000
+    data_size = "128M" if quick else "1G"
+    WORK.mkdir(parents=True, exist_ok=True)
+    gw = Gateway("gw")
+    for leftover in (gw.mnt, WORK / "example.mnt"):
+        if mounted(leftover):
+            subprocess.run(["fusermount3", "-u", "-z", str(leftover)], check=False)
+    subprocess.run(["rm", "-rf", str(gw.source), str(WORK / "native"), str(WORK / "example")],
+                   check=True)
+    native = WORK / "native"
+    native.mkdir(parents=True)
+    gw.start()
+    results: dict[str, Any] = {}
+    try:
+        limited = gw.vfolder(QSID, 2**50)
+        unlimited = gw.vfolder(UNLIMITED_QSID, None)
+
+        print("data (fio) ...", flush=True)
+        data: dict[str, list[dict[str, float]]] = {"native": [], "gateway": []}
+        for _ in range(reps):
+            data["native"].append(data_phase(native / "data", data_size))
+            data["gateway"].append(data_phase(limited / "data", data_size))
+        results["data"] = {k: median_of(v) for k, v in data.items()}
+        enforcement = [fio(unlimited / "enf", "enf", "write", "1M", data_size, ["--end_fsync=1"])
+                       for _ in range(reps)]
+        enforced = [fio(limited / "enf", "enf", "write", "1M", data_size, ["--end_fsync=1"])
+                    for _ in range(reps)]
+        results["enforcement"] = {"unlimited_MiBps": statistics.median(enforcement),
+                                  "limited_MiBps": statistics.median(enforced)}
+
+        print("metadata ...", flush=True)
+        meta: dict[str, list[dict[str, float]]] = {"native": [], "gateway": [], "example": []}
+        with example_mount() as example:
+            for _ in range(reps):
+                meta["native"].append(workload("metadata", str(native / "meta"), str(n_meta)))
+                meta["gateway"].append(workload("metadata", str(limited / "meta"), str(n_meta)))
+                meta["example"].append(workload("metadata", str(example / "meta"), str(n_meta)))
+        results["metadata"] = {k: median_of(v) for k, v in meta.items()}
+
+        print("readdir ...", flush=True)
+        backing = gw.source / limited.relative_to(gw.mnt)
+        workload("populate", str(backing / "big"), str(n_dir))
+        workload("populate", str(native / "big"), str(n_dir))
+        drop_caches()
+        results["readdir"] = {"native": workload("readdir", str(native / "big")),
+                              "gateway": workload("readdir", str(limited / "big"))}
+
+        print("xattr ...", flush=True)
+        probe = limited / "probe"
+        probe.write_bytes(b"p")
+        (native / "probe").write_bytes(b"p")
+        os.setxattr(native / "probe", "user.probe", b"1")
+        results["xattr"] = {
+            "gateway": workload("xattr", str(probe), "10000", "user.fusegw.used_bytes"),
+            "native": workload("xattr", str(native / "probe"), "10000", "user.probe"),
+        }
+
+        print("memory ...", flush=True)
+        rss0 = psutil.Process(gw.pid).memory_info().rss
+        cached0 = int(gw.api("GET", "/").json()["inodes_cached"])
+        workload("populate", str(backing / "many"), str(n_rescan - n_dir))
+        workload("populate", str(native / "many"), str(n_rescan - n_dir))
+        workload("touch", str(limited / "many"))
+        workload("touch", str(limited / "big"))
+        cached = int(gw.api("GET", "/").json()["inodes_cached"])
+        rss = psutil.Process(gw.pid).memory_info().rss
+        results["memory"] = {"inodes_cached": cached, "rss_bytes": rss,
+                             "bytes_per_inode": (rss - rss0) / max(1, cached - cached0)}
+
+        print("rescan ...", flush=True)
+        (limited / "dirty").write_bytes(b"d")  # the scope is now being changed ...
+        gw.stop(kill=True)                     # ... when the gateway dies
+        drop_caches()
+        t0 = time.perf_counter()
+        native_files = int(sh("du", "-s", "--inodes", str(native)).split()[0])
+        native_scan = time.perf_counter() - t0
+        gw.start()
+        rebuild = wait_for(lambda: gw.api("GET", "/").json()["rebuilds"], 600)[0]
+        files = int(rebuild["files"])
+        results["rescan"] = {"files": files, "seconds": rebuild["seconds"],
+                             "gateway_files_per_s": files / max(rebuild["seconds"], 1e-9),
+                             "du_native_files_per_s": native_files / native_scan}
+    finally:
+        gw.stop()
+    return results
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(figure, gateway, native, ratio, example) rows for the markdown table."""
+    out = []
+    d = r["data"]
+    for key, label in (("seq_write_MiBps", "sequential write 1 MiB, end_fsync (MiB/s)"),
+                       ("seq_read_MiBps", "sequential read 1 MiB, cold (MiB/s)"),
+                       ("rand_read_4k_MiBps", "random read 4 KiB, cold (MiB/s)")):
+        g, n = d["gateway"][key], d["native"][key]
+        out.append((label, f"{g:.0f}", f"{n:.0f}", f"{g / n:.2f}", ""))
+    m = r["metadata"]
+    for key, label in (("create", "create+write+close (files/s)"),
+                       ("stat_first", "first stat after write (/s)"),
+                       ("stat_warm", "stat, warm (/s)"),
+                       ("small_read", "open+read 4 KiB+close, warm (/s)"),
+                       ("unlink", "unlink (/s)")):
+        g, n, e = m["gateway"][key], m["native"][key], m["example"][key]
+        out.append((label, f"{g:,.0f}", f"{n:,.0f}", f"{g / n:.3f}",
+                    f"{e:,.0f} (gateway {g / e:.2f}x)"))
+    rd = r["readdir"]
+    for key in ("readdir_first", "readdir_warm"):
+        g, n = rd["gateway"][key], rd["native"][key]
+        out.append((f"readdir of {int(rd['native']['entries']):,} entries, "
+                    f"{key.split('_')[1]} (entries/s)", f"{g:,.0f}", f"{n:,.0f}",
+                    f"{g / n:.3f}", ""))
+    x = r["xattr"]
+    out.append(("getxattr p50 / p99 (µs)", f"{x['gateway']['p50_us']:.1f} / "
+                f"{x['gateway']['p99_us']:.1f}", f"{x['native']['p50_us']:.1f} / "
+                f"{x['native']['p99_us']:.1f}", "", ""))
+    rs = r["rescan"]
+    out.append((f"rescan after kill -9, cold, {rs['files']:,} files (files/s)",
+                f"{rs['gateway_files_per_s']:,.0f}", f"{rs['du_native_files_per_s']:,.0f} (du)",
+                f"{rs['gateway_files_per_s'] / rs['du_native_files_per_s']:.2f}", ""))
+    mem = r["memory"]
+    out.append((f"daemon RSS per cached inode ({mem['inodes_cached']:,} inodes)",
+                f"{mem['bytes_per_inode']:.0f} B", "", "", ""))
+    e = r["enforcement"]
+    out.append(("enforcement cost: write with / without a limit (MiB/s)",
+                f"{e['limited_MiBps']:.0f} / {e['unlimited_MiBps']:.0f}", "",
+                f"{e['limited_MiBps'] / e['unlimited_MiBps']:.2f}", ""))
+    return out
+
+
+def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
+    lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['mode']} run).", "",
+             "| figure | gateway | native | gateway/native | pyfuse3 passthroughfs.py |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows(r)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, one repetition")
+    args = parser.parse_args()
+    started = time.time()
+    results = run(args.quick)
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}, {psutil.cpu_count()} cores, "
+                   f"{psutil.virtual_memory().total // 2**30} GiB, kernel {platform.release()}",
+        "mode": "quick" if args.quick else "full",
+        "seconds": f"{time.time() - started:.0f}",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "full"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                     indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(results, meta))
+    print(markdown(results, meta))
+    print(f"written: bench/results/{stem}.json, bench/results/{stem}.md "
+          f"({meta['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
