@@ -51,7 +51,7 @@ class MountSettings:
     control_socket: Path | None = None
     admin_group: str | None = None
     xattr_limits: bool = False
-    cache_timeout: float = 1.0
+    cache_timeout: float | None = None  # default: 10 s when only this gateway writes, else 1 s
     fuse_options: set[str] = field(default_factory=set)
     backend_options: dict[str, Any] = field(default_factory=dict)
     tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
@@ -163,7 +163,10 @@ class Gateway:
         root_fd = os.open(s.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         xattrs = UsageXattrs(self.ledger, self.service.set_limit, s.xattr_limits,
                              self.service.native)
-        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, s.cache_timeout)
+        timeout = s.cache_timeout
+        if timeout is None:  # a volume other gateways may change too needs fresher caches
+            timeout = 1.0 if self.backend.enforces_bytes else 10.0
+        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
         metrics = Metrics(self.ledger, s.volume)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)

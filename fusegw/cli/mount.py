@@ -103,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                      or node.get("control", {}).get("admin_group")),
         xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
                           or vopts.pop("xattr_limits", False)),
-        cache_timeout=float(own.get("cache_timeout") or vopts.pop("cache_timeout", 1.0)),
+        cache_timeout=_float(own.get("cache_timeout") or vopts.pop("cache_timeout", None)),
         fuse_options=fuse,
         backend_options=vopts,
         tcp_listen=args.tcp_listen or node.get("control", {}).get("tcp_listen"),
@@ -111,6 +111,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                     or node.get("control", {}).get("auth_token")),
     )
     return settings, own
+
+
+def _float(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        raise StartupError(f"cache_timeout must be a number of seconds, not {value!r}") from None
 
 
 def _path(value: str | None) -> Path | None:

@@ -36,7 +36,7 @@ class Node:
     """
 
     __slots__ = ("_fd", "depth", "handle", "ino", "key", "lookups", "mode", "prefix", "scope",
-                 "table", "vf")
+                 "stamp", "table", "vf")
 
     def __init__(self, ino: int, fd: int, key: tuple[int, int | bytes], mode: int,
                  table: InodeTable | None = None, handle: bytes | None = None) -> None:
@@ -51,6 +51,7 @@ class Node:
         self.prefix = ""
         self.scope: str | None = None
         self.vf: str | None = None
+        self.stamp: tuple[int, int] | None = None  # (mtime_ns, size) at the last open
 
     @property
     def fd(self) -> int:

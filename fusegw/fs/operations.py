@@ -91,6 +91,8 @@ class GatewayOperations(pyfuse3.Operations):
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, OpenDir] = {}
         self._next_dir = 1
+        self._negative = pyfuse3.EntryAttributes()  # st_ino 0: "no such entry", cacheable
+        self._negative.entry_timeout = timeout
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -153,7 +155,10 @@ class GatewayOperations(pyfuse3.Operations):
         parent = self.inodes.get(parent_inode)
         if parent.depth == 0 and name == HIDDEN_AT_ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return self._negative  # the kernel caches the absence as long as an entry
         return self._attrs(self.inodes.adopt(parent, name, st), st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -354,7 +359,11 @@ class GatewayOperations(pyfuse3.Operations):
         else:
             fd = os.open(node.proc, _backing_flags(flags))
         self.files[fd] = OpenFile(node)
-        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT))
+        # Keep the kernel's cached pages when the file has not changed since the last open.
+        st = os.fstat(fd)
+        stamp = (st.st_mtime_ns, st.st_size)
+        keep, node.stamp = node.stamp == stamp, stamp
+        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT), keep_cache=keep)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
