@@ -91,16 +91,15 @@ class InodeTable:
         root = Node(pyfuse3.ROOT_INODE, root_fd, (st.st_dev, st.st_ino), st.st_mode)
         root.lookups = 1
         self.root = root
-        self.dev = st.st_dev
         self.by_ino: dict[int, Node] = {root.ino: root}
         self.by_key: dict[tuple[int, int | bytes], Node] = {root.key: root}
         self._next_ino = pyfuse3.ROOT_INODE + 1
         self.max_open = max_open or _open_budget()
         self._open: OrderedDict[int, Node] = OrderedDict()  # reopenable nodes, LRU first
+        self.mount_id = -1
         self._mount_fd = self._handles_usable(root_fd)
 
-    @staticmethod
-    def _handles_usable(root_fd: int) -> int:
+    def _handles_usable(self, root_fd: int) -> int:
         """A descriptor for open_by_handle_at, or -1 where handles do not work (no export
         support, no CAP_DAC_READ_SEARCH): then every node keeps its descriptor."""
         try:
@@ -109,11 +108,12 @@ class InodeTable:
         except OSError:
             return -1
         try:
-            os.close(syscalls.open_by_handle(mount_fd, syscalls.name_to_handle(root_fd, b""),
-                                             O_PATH_FLAGS))
+            handle, mount_id = syscalls.name_to_handle(root_fd, b"")
+            os.close(syscalls.open_by_handle(mount_fd, handle, O_PATH_FLAGS))
         except OSError:
             os.close(mount_fd)
             return -1
+        self.mount_id = mount_id
         return mount_fd
 
     def __len__(self) -> int:
@@ -140,15 +140,21 @@ class InodeTable:
 
     def _handle(self, parent: Node, name: bytes, st: os.stat_result,
                 fd: int | None) -> bytes | None:
-        if self._mount_fd < 0 or st.st_dev != self.dev:
+        """The node's file handle, where it can be reopened through our mount descriptor.
+
+        btrfs subvolumes have their own st_dev but share the mount, so the mount id decides:
+        a filesystem mounted inside the volume keeps descriptors instead.
+        """
+        if self._mount_fd < 0:
             return None
         try:
-            return syscalls.name_to_handle(fd, b"") if fd is not None else \
-                syscalls.name_to_handle(parent.fd, name)
+            handle, mount_id = (syscalls.name_to_handle(fd, b"") if fd is not None
+                                else syscalls.name_to_handle(parent.fd, name))
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.EOVERFLOW, errno.EPERM, errno.EACCES):
                 return None
             raise
+        return handle if mount_id == self.mount_id else None
 
     def adopt(self, parent: Node, name: bytes, st: os.stat_result, fd: int | None = None) -> Node:
         """The node for a backing inode just seen under parent/name, one lookup taken.

@@ -69,16 +69,17 @@ _libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTE
 _libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
 
 
-def name_to_handle(dirfd: int, name: bytes) -> bytes:
+def name_to_handle(dirfd: int, name: bytes) -> tuple[bytes, int]:
     """The file handle of `name` under dirfd (of dirfd itself if name is empty), never
-    following a symlink: handle type and bytes, which name the inode and its generation."""
+    following a symlink: handle type and bytes, which name the inode and its generation, and
+    the id of the mount it lives on (a handle is only meaningful on that mount)."""
     fh = _FileHandle()
     fh.handle_bytes = MAX_HANDLE_SZ
     mount_id = ctypes.c_int()
     _check(_libc.name_to_handle_at(dirfd, name, ctypes.byref(fh), ctypes.byref(mount_id),
                                    0 if name else AT_EMPTY_PATH))
     kind = int(fh.handle_type).to_bytes(4, "little", signed=True)
-    return kind + bytes(fh.f_handle[:fh.handle_bytes])
+    return kind + bytes(fh.f_handle[:fh.handle_bytes]), mount_id.value
 
 
 def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
