@@ -135,13 +135,28 @@ class CephFSBackend(QuotaBackend):
         except OSError as e:
             raise _oserror(f"setxattr {value} as", path, name, e) from None
 
-    def _set_limits(self, path: str, limits: QuotaLimits, skip_zero: bool) -> None:
+    def _set_limits(self, path: str, limits: QuotaLimits, fresh: bool) -> None:
+        """Set both quota attributes. They are two calls: if the second fails, the first is
+        put back, so a refused update leaves the old limits (the gateway keeps those too).
+        `fresh`: a new directory, which has no quota, so zeros need not be written."""
         if limits.limit_bytes < 0 or limits.limit_inodes < 0:
             raise BackendError(f"negative limit: {limits}", errno.EINVAL)
         max_files = limits.limit_inodes + 1 if limits.limit_inodes else 0
-        for name, value in ((MAX_BYTES, limits.limit_bytes), (MAX_FILES, max_files)):
-            if value or not skip_zero:
+        done: list[tuple[str, int]] = []
+        try:
+            for name, value in ((MAX_BYTES, limits.limit_bytes), (MAX_FILES, max_files)):
+                if fresh and not value:
+                    continue
+                old = 0 if fresh else self._get_int(path, name, missing=0)
                 self._set_int(path, name, value)
+                done.append((name, old))
+        except BaseException:
+            for name, old in reversed(done):
+                try:
+                    self._set_int(path, name, old)
+                except BackendError as e:
+                    log.error("restoring %s on %s after a failed update: %s", name, path, e)
+            raise
 
     def _existing_dir(self, pathname: str) -> str:
         path = str(self.scope_path(pathname))

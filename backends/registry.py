@@ -8,9 +8,16 @@ from typing import Any
 
 from backends.base import QuotaBackend
 from backends.btrfs import BtrfsBackend
+from backends.cephfs import CephFSBackend
 from backends.vfs import VFSBackend
+from backends.xfs import XFSBackend
 
-BACKENDS: dict[str, type[QuotaBackend]] = {"vfs": VFSBackend, "btrfs": BtrfsBackend}
+BACKENDS: dict[str, type[QuotaBackend]] = {
+    "vfs": VFSBackend,
+    "btrfs": BtrfsBackend,
+    "xfs": XFSBackend,
+    "cephfs": CephFSBackend,
+}
 
 
 def get_backend(name: str, volume: Path, options: Mapping[str, Any] | None = None) -> QuotaBackend:

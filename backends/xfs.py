@@ -366,7 +366,9 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, text.encode())
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(fd, data):]
         os.fchmod(fd, mode)  # umask must not narrow a world-readable /etc file
         os.fsync(fd)
     except BaseException:
@@ -417,8 +419,11 @@ class XFSBackend(QuotaBackend):
             lock = DEFAULT_LOCK_FILE
         else:
             lock = projid.with_name(projid.name + ".lock")
-        self.registry = ProjectRegistry(projid, projects, lock,
-                                        int(opts.get("min_project_id", DEFAULT_MIN_PROJECT_ID)))
+        min_id = int(opts.get("min_project_id", DEFAULT_MIN_PROJECT_ID))
+        if not 1 <= min_id <= MAX_PROJECT_ID:  # 0 is the default project of every inode
+            raise BackendError(f"min_project_id {min_id} out of range 1..{MAX_PROJECT_ID}",
+                               errno.EINVAL)
+        self.registry = ProjectRegistry(projid, projects, lock, min_id)
         self.xfs_quota = str(opts.get("xfs_quota", "xfs_quota"))
         self.setup_timeout = float(opts.get("setup_timeout", SETUP_TIMEOUT))
         self._mountpoint: str | None = (str(opts["mountpoint"]) if opts.get("mountpoint")
@@ -497,7 +502,7 @@ class XFSBackend(QuotaBackend):
                 f"XFS at {entry.mount_point} is mounted without project quota (options: "
                 f"{','.join(sorted(entry.options))}): mount it with -o prjquota (the kernel "
                 "needs CONFIG_XFS_QUOTA)", errno.EINVAL)
-        if os.sep not in self.xfs_quota and shutil.which(self.xfs_quota) is None:
+        if shutil.which(self.xfs_quota) is None:
             raise BackendError(f"{self.xfs_quota} not found: install xfsprogs", errno.ENOENT)
         self._mountpoint = self._mountpoint or entry.mount_point
 
@@ -553,7 +558,21 @@ class XFSBackend(QuotaBackend):
             # adopted directory: give it a project and mark the existing tree
             rec = await trio.to_thread.run_sync(self.registry.record, pathname, str(path))
             pid = rec.project_id
-            await self._setup_project(pid, path)
+            try:
+                await self._setup_project(pid, path)
+            except BaseException:
+                # Forget the new record so the next update starts over and walks the whole
+                # tree again (inodes the failed walk marked are re-marked then).
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(
+                            lambda: self.registry.forget(pathname, pid, str(path),
+                                                         projid=rec.added_projid,
+                                                         projects=rec.added_projects))
+                    except Exception as e:
+                        log.error("undo after failed setup of %s: %s", path, e)
+                raise
+        # A failing `limit` keeps the project: the tree is marked, a retry only sets limits.
         await self._limit(pid, limits)
 
     async def unset_scope(self, pathname: str) -> None:
