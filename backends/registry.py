@@ -9,7 +9,7 @@ from typing import Any
 from backends.base import QuotaBackend
 from backends.btrfs import BtrfsBackend
 from backends.cephfs import CephFSBackend
-from backends.vfs import VFSBackend
+from backends.vfs import PureStorageBackend, VFSBackend
 from backends.xfs import XFSBackend
 
 BACKENDS: dict[str, type[QuotaBackend]] = {
@@ -17,6 +17,7 @@ BACKENDS: dict[str, type[QuotaBackend]] = {
     "btrfs": BtrfsBackend,
     "xfs": XFSBackend,
     "cephfs": CephFSBackend,
+    "purestorage": PureStorageBackend,
 }
 
 

@@ -25,3 +25,10 @@ class VFSBackend(QuotaBackend):
 
     async def delete_scope(self, pathname: str) -> None:
         os.rmdir(self.scope_path(pathname))
+
+
+class PureStorageBackend(VFSBackend):
+    """`purestorage`: FlashBlade exports have no directory quota here, so plain directories
+    and the gateway as the enforcer, exactly as `vfs`."""
+
+    name = "purestorage"

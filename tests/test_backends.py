@@ -198,3 +198,34 @@ def test_inode_limit_enforced_by_gateway(backend_gw):
     with pytest.raises(OSError) as excinfo:
         (scope_dir / "f3").touch()
     assert excinfo.value.errno == errno.EDQUOT
+
+
+def test_btrfs_backend_refuses_a_volume_that_is_not_btrfs(make_gateway):
+    """`--backend btrfs` on ext4: the gateway refuses to start, saying why, and mounts nothing."""
+    gw = make_gateway("notbtrfs", extra=["--backend", "btrfs"], start=False)
+    proc = gw.start(check=False)
+    assert proc.returncode == 1
+    assert "not on btrfs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (gw.source / ".fusegw").exists()
+
+
+@pytest.mark.parametrize("backend_gw", ["btrfs"], indirect=True)
+def test_backend_failure_is_a_clear_error_and_changes_nothing(backend_gw):
+    """When the native mechanism fails (here: the scope's subvolume was replaced by a plain
+    directory beside the gateway, so `btrfs qgroup` cannot act on it), the caller gets a 502
+    problem naming the failure, the limit stays as it was, and the daemon keeps serving."""
+    _, gw = backend_gw
+    qsid = new_qsid()
+    gw.create_scope(qsid, limit_bytes=10 * MiB)
+    backing = gw.source / scope_hex(qsid)
+    subprocess.run(["btrfs", "subvolume", "delete", str(backing)], check=True,
+                   capture_output=True)
+    backing.mkdir()
+    r = gw.request("PATCH", "/quota-scope",
+                   {"volume": gw.volume, "qsid": qsid, "options": {"limit_bytes": 20 * MiB}})
+    assert r.status_code == 502, r.text
+    assert r.json()["type"].endswith("/backend/failure")
+    assert "subvolume" in r.json()["detail"]
+    assert gw.describe(qsid)["limit_bytes"] == 10 * MiB
+    assert gw.request("GET", "/").status_code == 200
