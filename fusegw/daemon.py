@@ -54,6 +54,7 @@ class MountSettings:
     cache_timeout: float | None = None  # default: 10 s when only this gateway writes, else 1 s
     fuse_options: set[str] = field(default_factory=set)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    read_ahead_kb: int = 4096  # the FUSE mount's readahead: 1 MiB requests, not 128 KiB
     tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
     auth_token: str | None = None
 
@@ -190,7 +191,8 @@ class Gateway:
                     nursery.start_soon(self._renew_lease)
                 for scope in rebuild:
                     nursery.start_soon(self.ledger.rebuild, scope)
-                await trio.to_thread.run_sync(os.stat, s.mountpoint)  # served by us: mounted
+                st = await trio.to_thread.run_sync(os.stat, s.mountpoint)  # served by us
+                set_read_ahead(st.st_dev, s.read_ahead_kb)
                 log.info("serving volume=%s source=%s mountpoint=%s socket=%s", s.volume,
                          s.source, s.mountpoint, s.control_socket)
                 ready()
@@ -234,6 +236,17 @@ class Gateway:
             if self.ops is not None:
                 self.ops.inodes.close_all()
         log.info("unmounted volume=%s", self.settings.volume)
+
+
+def set_read_ahead(dev: int, kib: int) -> None:
+    """Raise the mount's readahead: the kernel sends FUSE reads of at most the readahead
+    window (128 KiB by default), so sequential reads otherwise cost 8 round trips per MiB."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(f"{kib}\n")
+    except OSError as e:
+        log.warning("cannot set readahead path=%s error=%s", path, e.strerror)
 
 
 def raise_fd_limit() -> None:

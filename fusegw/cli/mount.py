@@ -18,7 +18,7 @@ DEFAULT_CONFIG = "/etc/fusegw/fusegw.toml"
 IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "auto", "noauto", "user", "nouser",
                          "defaults", "_netdev", "nofail", "async"}
 OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
-               "cache_timeout", "log_file", "log_level"}
+               "cache_timeout", "read_ahead_kb", "log_file", "log_level"}
 
 
 def register(sub: Any) -> None:
@@ -104,6 +104,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
                           or vopts.pop("xattr_limits", False)),
         cache_timeout=_float(own.get("cache_timeout") or vopts.pop("cache_timeout", None)),
+        read_ahead_kb=int(own.get("read_ahead_kb") or vopts.pop("read_ahead_kb", 4096)),
         fuse_options=fuse,
         backend_options=vopts,
         tcp_listen=args.tcp_listen or node.get("control", {}).get("tcp_listen"),
