@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,8 +73,17 @@ class VFolderService:
         return (vf.used_bytes, vf.used_inodes) if vf else (0, 0)
 
     def _existing(self, vfid: VFolderID) -> ScopeUsage:
+        """The vfolder's scope, once its directory is found without following a symlink: a
+        link planted at a fan-out level or in the vfolder's place is no vfolder."""
         scope = self._scope(vfid)
-        if not os.path.isdir(self.volume / vfid.relpath()):
+        h = vfid.hex
+        try:
+            with (_opendir(str(self.volume / scope.pathname)) as top,
+                  _opendir(h[0:2], top) as mid, _opendir(h[2:4], mid) as low):
+                st = os.stat(h[4:], dir_fd=low, follow_symlinks=False)
+        except (VFolderConflict, FileNotFoundError):
+            raise VFolderNotFound(f"vfolder {vfid} does not exist") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise VFolderNotFound(f"vfolder {vfid} does not exist")
         return scope
 

@@ -59,8 +59,12 @@ class Client:
             r = self._http.request(method, path,
                                    content=None if body is None else json.dumps(body))
         except (httpx.TransportError, OSError) as e:
-            raise CLIError(f"cannot reach the gateway at {self.socket}: {e}",
-                           EXIT_UNREACHABLE) from None
+            # A socket we may not open (0660, not in the admin group) is a refusal.
+            cause: BaseException = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            code = EXIT_REFUSED if isinstance(cause, PermissionError) else EXIT_UNREACHABLE
+            raise CLIError(f"cannot reach the gateway at {self.socket}: {e}", code) from None
         if r.status_code >= 400:
             try:
                 problem = r.json()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fusegw import logs
-from fusegw.daemon import MountSettings, StartupError, preflight, run_gateway
+from fusegw.settings import MountSettings, StartupError, preflight
 
 DEFAULT_CONFIG = "/etc/fusegw/fusegw.toml"
 # Options mount(8)/mount.fuse3 pass that are not FUSE session options.
@@ -149,6 +149,8 @@ def _foreground(settings: MountSettings, log_file: str | None, level: str,
         if ready_fd is not None:
             os.write(ready_fd, b"OK\n")
             os.close(ready_fd)
+
+    from fusegw.daemon import run_gateway  # pyfuse3, trio, hypercorn: only to serve
 
     try:
         run_gateway(settings, ready)
