@@ -103,7 +103,7 @@ def send(gw: Gateway, client: httpx.Client, method: str, path: str, content: byt
     return r
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(method=st.sampled_from(["GET", "POST", "PATCH", "DELETE", "PUT"]),
        path=st.one_of(st.sampled_from(ROUTES), st.text(alphabet="/abcdefgh-?%.", max_size=20)
                       .map(lambda s: "/" + s)),
