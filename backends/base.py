@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,20 @@ class QuotaBackend(abc.ABC):
 
     def scope_path(self, pathname: str) -> Path:
         return self.volume / pathname
+
+    def remove_empty_scope_dir(self, pathname: str) -> None:
+        """rmdir the scope directory, refusing (ENOTEMPTY) while it holds entries; gone is
+        fine (a retry after a failure past this point finishes the clean-up)."""
+        path = self.scope_path(pathname)
+        try:
+            if os.listdir(path):
+                raise BackendError(f"quota scope directory {path} is not empty",
+                                   errno.ENOTEMPTY)
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise BackendError(f"rmdir {path}: {e.strerror}", e.errno or errno.EIO) from None
 
     async def check_volume(self) -> None:
         """Refuse (BackendError) a volume this backend cannot serve; called before mounting."""

@@ -232,16 +232,7 @@ class CephFSBackend(QuotaBackend):
 
     async def delete_scope(self, pathname: str) -> None:
         """Refuse (ENOTEMPTY) while the scope holds entries; the quota goes with the inode."""
-        path = str(self.scope_path(pathname))
-        try:
-            if os.listdir(path):
-                raise BackendError(f"quota scope directory {path} is not empty",
-                                   errno.ENOTEMPTY)
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise BackendError(f"rmdir {path}: {e.strerror}", e.errno or errno.EIO) from None
+        self.remove_empty_scope_dir(pathname)
 
 
 async def _is_ceph_fuse(path: str) -> bool:

@@ -583,16 +583,7 @@ class XFSBackend(QuotaBackend):
     async def delete_scope(self, pathname: str) -> None:
         """rmdir first (so a refusal changes nothing), then lift the limits and forget the
         project. A retry after a failure past the rmdir finishes the clean-up."""
-        path = self.scope_path(pathname)
-        try:
-            if os.listdir(path):
-                raise BackendError(f"quota scope directory {path} is not empty",
-                                   errno.ENOTEMPTY)
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise BackendError(f"rmdir {path}: {e.strerror}", e.errno or errno.EIO) from None
+        self.remove_empty_scope_dir(pathname)
         pid = await self._lookup(pathname)
         if pid is None:
             return
