@@ -81,8 +81,13 @@ def place(node: Node, parent: Node, name: bytes) -> None:
 
 
 def _open_budget() -> int:
-    """How many evictable descriptors to keep: half the descriptor limit, the rest for files."""
-    return max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+    """How many evictable descriptors to keep: three quarters of the descriptor limit.
+
+    Reopening by handle costs far more than a descriptor (the kernel reconnects the dentry's
+    path), so keep as many as we may; the quarter left is for open files and sockets, and
+    `make_room` gives back more when opening a file runs out (EMFILE).
+    """
+    return max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] * 3 // 4)
 
 
 class InodeTable:
@@ -133,10 +138,20 @@ class InodeTable:
 
     def _track(self, node: Node) -> None:
         self._open[node.ino] = node
-        while len(self._open) > self.max_open:
+        self._evict(len(self._open) - self.max_open)
+
+    def _evict(self, count: int) -> int:
+        evicted = 0
+        while evicted < count and self._open:
             _, old = self._open.popitem(last=False)
             os.close(old._fd)
             old._fd = -1
+            evicted += 1
+        return evicted
+
+    def make_room(self) -> bool:
+        """Close the older half of the reopenable descriptors; False if there were none."""
+        return self._evict(max(1, len(self._open) // 2)) > 0
 
     def _handle(self, parent: Node, name: bytes, st: os.stat_result,
                 fd: int | None) -> bytes | None:

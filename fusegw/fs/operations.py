@@ -248,8 +248,8 @@ class GatewayOperations(pyfuse3.Operations):
         self._check_parent(parent, name)
         scope = await self._begin(parent, 0, 1)
         pst = os.fstat(parent.fd)
-        fd = os.open(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                     mode & ~ctx.umask, dir_fd=parent.fd)
+        fd = self._open_file(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             mode & ~ctx.umask, parent.fd)
         try:
             uid, gid = self._own(pst, ctx)
             if (uid, gid) != (0, 0):
@@ -354,16 +354,26 @@ class GatewayOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:  # atomic_o_trunc: the kernel truncates through open()
             scope = await self._begin(node, growth=False)
             before = os.stat(node.fd)
-            fd = os.open(node.proc, _backing_flags(flags))
+            fd = self._open_file(node.proc, _backing_flags(flags))
             self._recharge(scope, node, before, os.fstat(fd))
         else:
-            fd = os.open(node.proc, _backing_flags(flags))
+            fd = self._open_file(node.proc, _backing_flags(flags))
         self.files[fd] = OpenFile(node)
         # Keep the kernel's cached pages when the file has not changed since the last open.
         st = os.fstat(fd)
         stamp = (st.st_mtime_ns, st.st_size)
         keep, node.stamp = node.stamp == stamp, stamp
         return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT), keep_cache=keep)
+
+    def _open_file(self, path: str | bytes, flags: int, mode: int = 0o777,
+                   dir_fd: int | None = None) -> int:
+        """os.open, giving back cached node descriptors once if the process runs out."""
+        try:
+            return os.open(path, flags, mode, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno != errno.EMFILE or not self.inodes.make_room():
+                raise
+        return os.open(path, flags, mode, dir_fd=dir_fd)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
