@@ -104,7 +104,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
                           or vopts.pop("xattr_limits", False)),
         cache_timeout=_float(own.get("cache_timeout") or vopts.pop("cache_timeout", None)),
-        read_ahead_kb=int(own.get("read_ahead_kb") or vopts.pop("read_ahead_kb", 4096)),
+        read_ahead_kb=_int(own.get("read_ahead_kb") or vopts.pop("read_ahead_kb", 4096),
+                           "read_ahead_kb"),
         fuse_options=fuse,
         backend_options=vopts,
         tcp_listen=args.tcp_listen or node.get("control", {}).get("tcp_listen"),
@@ -112,6 +113,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                     or node.get("control", {}).get("auth_token")),
     )
     return settings, own
+
+
+def _int(value: object, name: str) -> int:
+    text = str(value)
+    if not text.isdigit():
+        raise StartupError(f"{name} must be a whole number, not {value!r}")
+    return int(text)
 
 
 def _float(value: object) -> float | None:
