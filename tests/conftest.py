@@ -55,6 +55,17 @@ def vfolder_rel(qsid: str, fid: str) -> str:
     return f"{scope_hex(qsid)}/{fid[0:2]}/{fid[2:4]}/{fid[4:]}"
 
 
+def inodes_below(path: Path) -> int:
+    """Distinct inodes below `path` (not `path` itself), hard links once, links not followed:
+    the gateway's `used_inodes`."""
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            seen.add((st.st_dev, st.st_ino))
+    return len(seen)
+
+
 def du_bytes(path: Path) -> int:
     out = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True,
                          check=True).stdout

@@ -348,29 +348,19 @@ def test_duplicate_create_is_409(gw: Gateway) -> None:
     assert_serving(gw)
 
 
-def test_project_scope_with_user_scope_uuid_is_409(gw: Gateway) -> None:
-    """POST project:<U> while user:<U> exists (same pathname) answers 409; the user scope stays
-    as it was and no project scope appears."""
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_project_scope_with_user_scope_uuid_is_409(gw: Gateway, method: str) -> None:
+    """POST or PATCH (upsert) of project:<U> while user:<U> exists would make a second scope
+    with the same pathname (DESIGN section 2): 409, the user scope stays as it was and no
+    project scope appears."""
     u = uuid.uuid4()
     gw.create_scope(f"user:{u}", limit_bytes=MiB)
     before = snapshot(gw, [f"user:{u}", f"project:{u}"])
-    r = call(gw, "POST", "/quota-scope",
+    r = call(gw, method, "/quota-scope",
              {"volume": gw.volume, "qsid": f"project:{u}", "options": {"limit_bytes": 2 * MiB}})
     assert_problem(r, 409)
     assert snapshot(gw, [f"user:{u}", f"project:{u}"]) == before
     assert get_scope(gw, f"project:{u}").status_code == 404
-
-
-def test_patch_upsert_of_colliding_project_scope_is_409(gw: Gateway) -> None:
-    """PATCH project:<U> while user:<U> exists would create a second scope with the same
-    pathname: it is refused with 409 (DESIGN section 2), and nothing changes."""
-    u = uuid.uuid4()
-    gw.create_scope(f"user:{u}", limit_bytes=MiB)
-    before = snapshot(gw, [f"user:{u}", f"project:{u}"])
-    r = call(gw, "PATCH", "/quota-scope",
-             {"volume": gw.volume, "qsid": f"project:{u}", "options": {"limit_bytes": 2 * MiB}})
-    assert_problem(r, 409)
-    assert snapshot(gw, [f"user:{u}", f"project:{u}"]) == before
 
 
 @pytest.mark.parametrize("method,path", [("POST", "/quota-scope"), ("PATCH", "/quota-scope"),

@@ -41,6 +41,7 @@ import pytest
 from conftest import (
     Gateway,
     du_bytes,
+    inodes_below,
     is_mounted,
     new_qsid,
     scope_hex,
@@ -99,16 +100,6 @@ def create_folder(gw: Gateway, vfid: str, initial: int | None = None) -> httpx.R
     options = None if initial is None else {INITIAL: initial}
     return api(gw, "POST", "/folder/create", {"volume": gw.volume, "vfid": vfid,
                                               "options": options})
-
-
-def inodes_below(path: Path) -> int:
-    """Distinct inodes (files, directories, symlinks) below `path`, never following a link."""
-    seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            st = os.lstat(os.path.join(root, name))
-            seen.add((st.st_dev, st.st_ino))
-    return len(seen)
 
 
 def scope_truth(gw: Gateway, qsid: str) -> dict[str, int]:

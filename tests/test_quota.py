@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, du_bytes, new_qsid, scope_hex, wait_for
+from conftest import Gateway, du_bytes, inodes_below, new_qsid, scope_hex, wait_for
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -39,16 +39,6 @@ def backing(gw: Gateway, path: Path) -> Path:
 
 def scope_backing(gw: Gateway, qsid: str) -> Path:
     return gw.source / scope_hex(qsid)
-
-
-def count_inodes(top: Path) -> int:
-    """Distinct inodes below `top` (not `top` itself), hard links once, symlinks not followed."""
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            seen.add((st.st_dev, st.st_ino))
-    return len(seen)
 
 
 def xattr_int(path: Path, name: str) -> int:
@@ -78,7 +68,7 @@ def usage_mismatch(gw: Gateway, qsid: str, vfolders: list[Path]) -> str | None:
     """What differs between the ledger (API and xattrs) and the disk, or None."""
     os.sync()
     src = scope_backing(gw, qsid)
-    want = {"used_bytes": du_bytes(src), "used_inodes": count_inodes(src)}
+    want = {"used_bytes": du_bytes(src), "used_inodes": inodes_below(src)}
     fig = gw.describe(qsid)
     scope_dir = gw.mountpoint / scope_hex(qsid)
     got = {
@@ -87,7 +77,7 @@ def usage_mismatch(gw: Gateway, qsid: str, vfolders: list[Path]) -> str | None:
     }
     for vf in vfolders:
         vsrc = backing(gw, vf)
-        want[vf.name] = {"used_bytes": du_bytes(vsrc), "used_inodes": count_inodes(vsrc)}
+        want[vf.name] = {"used_bytes": du_bytes(vsrc), "used_inodes": inodes_below(vsrc)}
         got[vf.name] = {k: xattr_int(vf, f"vfolder.{k}") for k in ("used_bytes", "used_inodes")}
     disk = {"api": {k: want[k] for k in ("used_bytes", "used_inodes")}}
     disk["xattr"] = disk["api"]
