@@ -65,7 +65,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 120.0) -> Any:
     raise TimeoutError(pred)
 
 
-def workload(*args: str) -> dict[str, float]:
+def workload(*args: str) -> dict[str, Any]:
     out = sh(PY, str(BENCH / "workloads.py"), *args)
     return dict(json.loads(out))
 
@@ -176,7 +176,19 @@ def data_phase(target: Path, size: str) -> dict[str, float]:
                                        ["--runtime=8", "--time_based"])
     for f in target.glob("seq*"):
         f.unlink()
+    result["write_only_MiBps"] = write_only(target / "checkpoint", size)
     return result
+
+
+def write_only(path: Path, size: str) -> float:
+    """MiB/s of a checkpoint-style write: a write-only open (as torch.save's `open(f, "wb")`),
+    1 MiB writes, fsync before close (dd conv=fsync). fio cannot do this: it opens read-write."""
+    mib = int(size.rstrip("MG")) * (1024 if size.endswith("G") else 1)
+    t0 = time.perf_counter()
+    sh("dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "conv=fsync", "status=none")
+    seconds = time.perf_counter() - t0
+    path.unlink()
+    return mib / seconds
 
 
 def median_of(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -194,15 +206,17 @@ def run(quick: bool) -> dict[str, Any]:
     for leftover in (gw.mnt, WORK / "example.mnt"):
         if mounted(leftover):
             subprocess.run(["fusermount3", "-u", "-z", str(leftover)], check=False)
-    subprocess.run(["rm", "-rf", str(gw.source), str(WORK / "native"), str(WORK / "example")],
+    native_root = WORK / "native"
+    subprocess.run(["rm", "-rf", str(gw.source), str(native_root), str(WORK / "example")],
                    check=True)
-    native = WORK / "native"
-    native.mkdir(parents=True)
     gw.start()
     results: dict[str, Any] = {}
     try:
         limited = gw.vfolder(QSID, 2**50)
         unlimited = gw.vfolder(UNLIMITED_QSID, None)
+        # the native side at the same depth as the vfolder: path walks cost alike
+        native = native_root / limited.relative_to(gw.mnt)
+        native.mkdir(parents=True)
 
         print("data (fio) ...", flush=True)
         data: dict[str, list[dict[str, float]]] = {"native": [], "gateway": []}
@@ -228,11 +242,16 @@ def run(quick: bool) -> dict[str, Any]:
         print("metadata ...", flush=True)
         meta: dict[str, list[dict[str, float]]] = {"native": [], "gateway": [], "example": []}
         with example_mount() as example:
+            example_dir = example / native.relative_to(native_root)
             for _ in range(reps):
                 meta["native"].append(workload("metadata", str(native / "meta"), str(n_meta)))
-                meta["gateway"].append(workload("metadata", str(limited / "meta"), str(n_meta)))
-                meta["example"].append(workload("metadata", str(example / "meta"), str(n_meta)))
+                meta["gateway"].append(workload("metadata", str(limited / "meta"), str(n_meta),
+                                                str(gw.sock)))
+                meta["example"].append(workload("metadata", str(example_dir / "meta"),
+                                                str(n_meta)))
+        requests = [sample.pop("requests") for sample in meta["gateway"]][-1]
         results["metadata"] = {k: median_of(v) for k, v in meta.items()}
+        results["fuse_requests_per_file"] = requests
 
         print("readdir ...", flush=True)
         backing = gw.source / limited.relative_to(gw.mnt)
@@ -269,7 +288,7 @@ def run(quick: bool) -> dict[str, Any]:
         gw.stop(kill=True)                     # ... when the gateway dies
         drop_caches()
         t0 = time.perf_counter()
-        native_files = int(sh("du", "-s", "--inodes", str(native)).split()[0])
+        native_files = int(sh("du", "-s", "--inodes", str(native_root)).split()[0])
         native_scan = time.perf_counter() - t0
         gw.start()
         rebuild = wait_for(lambda: gw.api("GET", "/").json()["rebuilds"], 600)[0]
@@ -290,8 +309,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out = []
     d = r["data"]
     for key, label in (("seq_write_MiBps", "sequential write 1 MiB, end_fsync (MiB/s)"),
+                       ("write_only_MiBps", "sequential write 1 MiB, write-only open, fsync "
+                                            "(dd; MiB/s)"),
                        ("seq_read_MiBps", "sequential read 1 MiB, cold (MiB/s)"),
                        ("rand_read_4k_MiBps", "random read 4 KiB, cold (MiB/s)")):
+        if key not in d["gateway"]:
+            continue
         g, n = d["gateway"][key], d["native"][key]
         out.append((label, f"{g:.0f}", f"{n:.0f}", f"{g / n:.2f}", ""))
     m = r["metadata"]
@@ -299,7 +322,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                        ("stat_first", "first stat after write (/s)"),
                        ("stat_warm", "stat, warm (/s)"),
                        ("small_read", "open+read 4 KiB+close, warm (/s)"),
+                       ("rename", "rename (/s)"),
                        ("unlink", "unlink (/s)")):
+        if key not in m["gateway"]:
+            continue
         g, n, e = m["gateway"][key], m["native"][key], m["example"][key]
         out.append((label, f"{g:,.0f}", f"{n:,.0f}", f"{g / n:.3f}",
                     f"{e:,.0f} (gateway {g / e:.2f}x)"))
@@ -337,7 +363,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
     checks = [
         ("sequential read >= 0.9 of native", ratio(d, "seq_read_MiBps"), 0.9),
-        ("sequential write >= 0.8 of native (fsync honoured)", ratio(d, "seq_write_MiBps"), 0.8),
+        ("sequential write >= 0.8 of native (fio: read-write open, fsync honoured)",
+         ratio(d, "seq_write_MiBps"), 0.8),
+        *([("sequential write >= 0.8 of native (write-only open, fsync honoured)",
+            ratio(d, "write_only_MiBps"), 0.8)] if "write_only_MiBps" in d["gateway"] else []),
         ("random read 4 KiB >= 0.6 of native", ratio(d, "rand_read_4k_MiBps"), 0.6),
         ("warm stat >= 0.8 of native", ratio(m, "stat_warm"), 0.8),
         ("create+write+close >= 2x the example", ratio(m, "create", "example"), 2.0),
@@ -364,6 +393,12 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows(r)]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets(r)]
+    if "fuse_requests_per_file" in r:
+        lines += ["", "FUSE requests per file in each metadata phase (gateway, counted by the "
+                  "daemon):", "", "| phase | requests per file |", "|---|---|"]
+        for phase, ops in r["fuse_requests_per_file"].items():
+            text = ", ".join(f"{op.upper()} {v:g}" for op, v in ops.items()) or "none"
+            lines.append(f"| {phase} | {text} |")
     return "\n".join(lines) + "\n"
 
 

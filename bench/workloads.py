@@ -14,37 +14,67 @@ import sys
 import time
 
 
-def metadata(d: str, n: int) -> dict[str, float]:
+class RequestCounter:
+    """FUSE requests per file of each phase, from the gateway's own counter (`GET /`), read
+    between the timed loops; without a control socket it counts nothing."""
+
+    def __init__(self, socket: str | None, n: int) -> None:
+        self.socket, self.n = socket, n
+        self.per_phase: dict[str, dict[str, float]] = {}
+        self.last = self._read()
+
+    def _read(self) -> dict[str, int]:
+        if not self.socket:
+            return {}
+        import httpx
+
+        with httpx.Client(transport=httpx.HTTPTransport(uds=self.socket),
+                          base_url="http://fusegw") as c:
+            return dict(c.get("/").json()["fuse_requests"])
+
+    def phase(self, name: str) -> None:
+        now = self._read()
+        grown = {op: (now[op] - self.last.get(op, 0)) / self.n for op in now
+                 if now[op] != self.last.get(op, 0)}
+        if self.socket:
+            self.per_phase[name] = {op: round(v, 2) for op, v in sorted(grown.items())}
+        self.last = self._read()
+
+
+def metadata(d: str, n: int, socket: str | None = None) -> dict[str, object]:
     """create+write(100 B)+close, first stat, warm stat (entries the kernel has cached: the
-    pass after an untimed one), small-file read, unlink."""
+    pass after an untimed one), small-file read, rename, unlink: files per second, and with
+    a gateway's control socket the FUSE requests each phase cost per file."""
     os.makedirs(d, exist_ok=True)
     data = b"x" * 100
     names = [f"{d}/f{i:06d}" for i in range(n)]
-    t0 = time.perf_counter()
-    for p in names:
+    count = RequestCounter(socket, n)
+    out: dict[str, object] = {}
+
+    def create(p: str) -> None:
         fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
         os.write(fd, data)
         os.close(fd)
-    t1 = time.perf_counter()
-    for p in names:
-        os.stat(p)
-    t2 = time.perf_counter()
-    for p in names:  # untimed: after a burst of writes the kernel revalidates once more
-        os.stat(p)
-    t2w = time.perf_counter()
-    for p in names:
-        os.stat(p)
-    t3 = time.perf_counter()
-    for p in names:
+
+    def small_read(p: str) -> None:
         fd = os.open(p, os.O_RDONLY)
         os.read(fd, 4096)
         os.close(fd)
-    t4 = time.perf_counter()
-    for p in names:
-        os.unlink(p)
-    t5 = time.perf_counter()
-    return {"create": n / (t1 - t0), "stat_first": n / (t2 - t1), "stat_warm": n / (t3 - t2w),
-            "small_read": n / (t4 - t3), "unlink": n / (t5 - t4)}
+
+    # "stat_again" is untimed: after a burst of writes the kernel revalidates once more
+    for phase, op in (("create", create), ("stat_first", os.stat), ("stat_again", os.stat),
+                      ("stat_warm", os.stat), ("small_read", small_read),
+                      ("rename", lambda p: os.rename(p, p + "r")),
+                      ("unlink", lambda p: os.unlink(p + "r"))):
+        t0 = time.perf_counter()
+        for p in names:
+            op(p)
+        out[phase] = n / (time.perf_counter() - t0)
+        count.phase(phase)
+    del out["stat_again"]
+    if socket:
+        out["requests"] = count.per_phase
+    return out
 
 
 def readdir(d: str) -> dict[str, float]:
@@ -93,7 +123,7 @@ if __name__ == "__main__":
     kind, target = sys.argv[1], sys.argv[2]
     arg = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if kind == "metadata":
-        result = metadata(target, arg)
+        result = metadata(target, arg, sys.argv[4] if len(sys.argv) > 4 else None)
     elif kind == "readdir":
         result = readdir(target)
     elif kind == "xattr":

@@ -21,7 +21,7 @@ from fusegw.control.metrics import Metrics
 from fusegw.control.routes import VolumeRoutes
 from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
 from fusegw.errors import GatewayError
-from fusegw.fs.operations import GatewayOperations
+from fusegw.fs.operations import REQUESTS, GatewayOperations
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import prepare_volume
 from fusegw.ledger import Ledger
@@ -85,6 +85,7 @@ class Gateway:
             "waiting_for_rebuild": sum(s.waiting for s in self.ledger.scopes.values()),
             "rebuilds": self.ledger.rebuilds,
             "scans": dict(self.ledger.scans),
+            "fuse_requests": dict(REQUESTS),
         }
 
     def _invalidate_scope(self, pathname: str) -> None:
@@ -103,7 +104,7 @@ class Gateway:
         if timeout is None:  # a volume other gateways may change too needs fresher caches
             timeout = 1.0 if self.backend.enforces_bytes else 10.0
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
-        metrics = Metrics(self.ledger, s.volume)
+        metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,

@@ -619,3 +619,23 @@ def test_tcp_listener_without_token_refuses_to_start(public_dir: Path) -> None:
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         wait_for(lambda: not is_mounted(mnt), what="no mount left behind")
+
+
+def test_metrics_count_fuse_requests_by_operation(gw: Gateway) -> None:
+    """fusegw_fuse_requests_total{op} counts the FUSE requests the gateway answered: creating
+    a file through the mount adds at least one `create`, and a first stat of a name the
+    kernel has not seen adds a `lookup`."""
+    qsid = new_qsid()
+    fid = uuid.uuid4().hex
+    assert create_folder(gw, vfid_of(qsid, fid)).status_code == 204
+    path = gw.mountpoint / vfolder_rel(qsid, fid)
+    labels = {"volume": gw.volume}
+    before = scrape(gw)
+    (path / "counted").write_bytes(b"c")
+    with pytest.raises(FileNotFoundError):
+        os.stat(path / "never-there")
+    after = scrape(gw)
+    for op in ("create", "lookup"):
+        grown = (metric(after, "fusegw_fuse_requests_total", op=op, **labels) or 0) - \
+            (metric(before, "fusegw_fuse_requests_total", op=op, **labels) or 0)
+        assert grown >= 1, (op, after)

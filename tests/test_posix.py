@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import signal
 import stat
@@ -150,6 +151,49 @@ def test_large_file_checksum(vf: VFolder) -> None:
 
     assert sha(f) == digest.hexdigest()
     assert sha(vf.src / "big.bin") == digest.hexdigest()
+
+
+def fuse_requests(gw: Gateway) -> dict[str, int]:
+    return dict(gw.request("GET", "/").json()["fuse_requests"])
+
+
+def test_write_only_writes_bypass_the_mount_cache_coherently(vf: VFolder) -> None:
+    """Write-only opens use direct I/O: a reader holding cached pages (a descriptor and a
+    mapping) sees each write at once, and the kernel sends no GETXATTR before the writes."""
+    f = vf.mnt / "coherent.bin"
+    f.write_bytes(b"A" * 8192)
+    reader = os.open(f, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 4, 0) == b"AAAA"  # now in the mount's page cache
+        view = mmap.mmap(reader, 8192, prot=mmap.PROT_READ)
+        before = fuse_requests(vf.gw)
+        writer = os.open(f, os.O_WRONLY)
+        for i in range(20):
+            os.pwrite(writer, b"B" * 4 + bytes([i]), 0)
+        os.close(writer)
+        after = fuse_requests(vf.gw)
+        assert os.pread(reader, 5, 0) == b"BBBB" + bytes([19])
+        assert view[:5] == b"BBBB" + bytes([19])
+        view.close()
+    finally:
+        os.close(reader)
+    assert after.get("write", 0) - before.get("write", 0) == 20
+    assert after.get("getxattr", 0) == before.get("getxattr", 0)
+
+
+def test_read_write_opens_keep_shared_mappings(vf: VFolder) -> None:
+    """Read-write opens stay cached, so MAP_SHARED works (databases such as LMDB or SQLite's
+    WAL index need it) and what is stored through the mapping lands on the backing file."""
+    f = vf.mnt / "mapped.bin"
+    f.write_bytes(bytes(4096))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 4096, mmap.MAP_SHARED) as view:
+            view[:6] = b"shared"
+            view.flush()
+    finally:
+        os.close(fd)
+    assert (vf.src / "mapped.bin").read_bytes()[:6] == b"shared"
 
 
 def test_sparse_file_at_one_gib(vf: VFolder) -> None:

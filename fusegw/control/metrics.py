@@ -7,7 +7,7 @@ only, so a scanner probing random paths cannot blow up the label set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,14 +50,32 @@ class _ScopeCollector(Collector):
         yield rebuilding
 
 
+class _FuseCollector(Collector):
+    """FUSE requests by operation, read at scrape time from the handlers' own counter."""
+
+    def __init__(self, counts: Mapping[str, int], volume: str) -> None:
+        self.counts = counts
+        self.volume = volume
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("fusegw_fuse_requests", "FUSE requests answered",
+                                     labels=["volume", "op"])
+        for op, count in sorted(self.counts.items()):
+            family.add_metric([self.volume, op], count)
+        yield family
+
+
 class Metrics:
-    def __init__(self, ledger: Ledger, volume: str) -> None:
+    def __init__(self, ledger: Ledger, volume: str,
+                 fuse_requests: Mapping[str, int] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("fusegw_requests", "Control socket requests answered",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("fusegw_request_seconds", "Control socket request latency",
                                  ["route"], registry=self.registry)
         self.registry.register(_ScopeCollector(ledger, volume))
+        if fuse_requests is not None:
+            self.registry.register(_FuseCollector(fuse_requests, volume))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -11,6 +11,7 @@ cannot interleave with another request.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -41,11 +42,17 @@ FAST_SYMLINK_MAX = 59  # ext4 keeps targets shorter than 60 bytes in the inode
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+REQUESTS: collections.Counter[str] = collections.Counter()
+"""FUSE requests answered, by operation (for `GET /metrics` and the bench's request counts)."""
+
+
 def fuse_errors(fn: F) -> F:
     """Turn every failure into an errno: an exception escaping a handler kills the mount."""
+    op = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        REQUESTS[op] += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -259,7 +266,7 @@ class GatewayOperations(pyfuse3.Operations):
             os.close(fd)
             raise
         self.files[fd] = OpenFile(node)
-        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT)), self._attrs(node, st)
+        return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags)), self._attrs(node, st)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -363,7 +370,7 @@ class GatewayOperations(pyfuse3.Operations):
         st = os.fstat(fd)
         stamp = (st.st_mtime_ns, st.st_size)
         keep, node.stamp = node.stamp == stamp, stamp
-        return pyfuse3.FileInfo(fh=fd, direct_io=bool(flags & os.O_DIRECT), keep_cache=keep)
+        return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags), keep_cache=keep)
 
     def _open_file(self, path: str | bytes, flags: int, mode: int = 0o777,
                    dir_fd: int | None = None) -> int:
@@ -518,6 +525,17 @@ def _backing_flags(flags: int) -> int:
 def _child_vfolder(parent: Node, name: bytes) -> str | None:
     prefix = parent.prefix
     return vfolder_hex(prefix[:2], prefix[2:], name.decode("ascii", "replace"))
+
+
+def _direct_io(flags: int) -> bool:
+    """Write-only opens bypass the kernel's page cache of the mount, as O_DIRECT ones do.
+
+    A write-only descriptor cannot be mapped, so nothing needs the cached pages; in exchange
+    the kernel writes straight from the caller's buffer (no second page cache beside the
+    backing file's) and skips the `security.capability` GETXATTR it sends before every
+    cached write. Read-write opens stay cached: MAP_SHARED is refused on direct-I/O files.
+    """
+    return bool(flags & os.O_DIRECT) or flags & os.O_ACCMODE == os.O_WRONLY
 
 
 for _name in (
