@@ -44,10 +44,12 @@ class RequestCounter:
 def metadata(d: str, n: int, socket: str | None = None) -> dict[str, object]:
     """create+write(100 B)+close, first stat, warm stat (entries the kernel has cached: the
     pass after an untimed one), small-file read, rename, unlink: files per second, and with
-    a gateway's control socket the FUSE requests each phase cost per file."""
+    a gateway's control socket the FUSE requests each phase cost per file. Names are relative
+    to the directory, so every target walks one path component per call."""
     os.makedirs(d, exist_ok=True)
+    os.chdir(d)  # names relative to the directory: the targets' path depths do not count
     data = b"x" * 100
-    names = [f"{d}/f{i:06d}" for i in range(n)]
+    names = [f"f{i:06d}" for i in range(n)]
     count = RequestCounter(socket, n)
     out: dict[str, object] = {}
 
