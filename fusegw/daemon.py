@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -93,6 +94,27 @@ class Gateway:
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pathname.encode(),
                                            ignore_enoent=True)
 
+    async def _invalidate_path(self, parts: list[str]) -> None:
+        """Drop the kernel's cached entry, positive or negative, for each level of a path
+        below the volume root that the control socket changed, as far down as the kernel
+        knows the directories. In a worker thread: the kernel may call back into this loop."""
+        if self.ops is None:
+            return
+        inodes = self.ops.inodes
+
+        def invalidate() -> None:
+            parent, path = inodes.root, ""
+            for name in parts:
+                with contextlib.suppress(OSError):  # ENOENT: nothing cached under the name
+                    pyfuse3.invalidate_entry(parent.ino, name.encode())
+                path = f"{path}/{name}" if path else name
+                node = inodes.find(inodes.root.fd, path.encode())
+                if node is None:
+                    return
+                parent = node
+
+        await trio.to_thread.run_sync(invalidate)
+
     async def run(self, ready: Callable[[], None]) -> None:
         s = self.settings
         await self.backend.check_volume()
@@ -106,7 +128,7 @@ class Gateway:
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
         metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
-        vfolders = VFolderService(s.source, s.mountpoint, self.service)
+        vfolders = VFolderService(s.source, s.mountpoint, self.service, self._invalidate_path)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics).install(app)
         assert s.control_socket is not None

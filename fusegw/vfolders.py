@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -53,11 +53,21 @@ def _opendir(name: str, dir_fd: int | None = None) -> Iterator[int]:
 
 
 class VFolderService:
-    def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService) -> None:
+    def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService,
+                 on_change: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         self.volume = volume
         self.mountpoint = mountpoint
         self.scopes = scopes
         self.ledger = scopes.ledger
+        self.on_change = on_change
+
+    async def _changed(self, vfid: VFolderID) -> None:
+        """Let the mount forget what it cached of the vfolder's path (an absence looked up
+        before the create, the directories a delete removed): visible at once, not when the
+        kernel's entry timeout runs out."""
+        if self.on_change is not None:
+            h = vfid.hex
+            await self.on_change([vfid.quota_scope_id.pathname, h[0:2], h[2:4], h[4:]])
 
     def _scope(self, vfid: VFolderID) -> ScopeUsage:
         return self.scopes.get(vfid.quota_scope_id)
@@ -106,6 +116,7 @@ class VFolderService:
         self.ledger.begin_change(scope)
         with _opendir(str(self.volume / qsid.pathname)) as top:
             self._mkdirs(scope, top, names, h)
+        await self._changed(vfid)
         self.scopes.audit(caller, "vfolder.create", qsid, None, {"vfid": str(vfid)})
 
     def _mkdirs(self, scope: ScopeUsage, top: int, names: list[str], hex_: str) -> None:
@@ -164,5 +175,6 @@ class VFolderService:
             grown = sum(os.fstat(fd).st_blocks - b
                         for fd, b in zip(fds[:kept], before, strict=False))
         scope.charge(None, grown * 512, 0)
+        await self._changed(vfid)
         self.scopes.audit(caller, "vfolder.delete", vfid.quota_scope_id, {"vfid": str(vfid)},
                           None)

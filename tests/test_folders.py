@@ -247,6 +247,27 @@ def test_manager_flow_create_write_measure_limit_delete(gw: Gateway) -> None:
     assert api(gw, "GET", "/quota-scope", {"volume": gw.volume, "qsid": qsid}).status_code == 404
 
 
+def test_mount_sees_created_and_deleted_vfolders_at_once(gw: Gateway) -> None:
+    """A vfolder path looked up through the mount before it existed (the kernel caches each
+    absence for the entry timeout, 10 s here) is there as soon as the create answers; a vfolder
+    the kernel had cached is gone, with the fan-out directories the delete pruned, as soon as
+    the delete answers."""
+    qsid = new_qsid()
+    gw.create_scope(qsid)
+    fid = uuid.uuid4().hex
+    path = gw.mountpoint / vfolder_rel(qsid, fid)
+    fanout = path.parent.parent
+    assert not fanout.exists()  # cached as absent now
+    assert create_folder(gw, vfid_of(qsid, fid)).status_code == 204
+    assert path.is_dir()
+    (path / "f").write_bytes(b"x")
+    r = api(gw, "POST", "/folder/delete", {"volume": gw.volume, "vfid": vfid_of(qsid, fid)})
+    assert r.status_code == 204, r.text
+    assert not (path / "f").exists()
+    assert not path.exists()
+    assert not fanout.exists()
+
+
 def test_create_in_existing_scope_keeps_its_limit(gw: Gateway) -> None:
     """An initial size only applies to a scope the create has to make: an existing scope keeps
     its limit, whether it has one or is unlimited."""

@@ -171,6 +171,19 @@ class InodeTable:
             raise
         return handle if mount_id == self.mount_id else None
 
+    def find(self, dir_fd: int, name: bytes) -> Node | None:
+        """The node of the backing entry dir_fd/name if the kernel knows it, else None (also
+        when there is no such entry)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            handle = None
+            if self._mount_fd >= 0:
+                handle, mount_id = syscalls.name_to_handle(dir_fd, name)
+                handle = handle if mount_id == self.mount_id else None
+        except OSError:
+            return None
+        return self.by_key.get((st.st_dev, handle if handle is not None else st.st_ino))
+
     def adopt(self, parent: Node, name: bytes, st: os.stat_result, fd: int | None = None) -> Node:
         """The node for a backing inode just seen under parent/name, one lookup taken.
 
