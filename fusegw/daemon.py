@@ -33,6 +33,11 @@ from fusegw.state.lease import Lease
 from fusegw.state.registry import Registry
 from fusegw.vfolders import VFolderService
 
+EXCLUSIVE_CACHE_TIMEOUT = 60.0
+"""Seconds the kernel may keep entries and attributes where this gateway is the volume's only
+writer: every change reaches the kernel through the mount, or is invalidated by the control
+socket's scope and vfolder routes, so the timeout only bounds edits made behind its back."""
+
 log = logging.getLogger("fusegw")
 
 class Gateway:
@@ -124,7 +129,7 @@ class Gateway:
                              self.service.native)
         timeout = s.cache_timeout
         if timeout is None:  # a volume other gateways may change too needs fresher caches
-            timeout = 1.0 if self.backend.enforces_bytes else 10.0
+            timeout = 1.0 if self.backend.enforces_bytes else EXCLUSIVE_CACHE_TIMEOUT
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
         metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)

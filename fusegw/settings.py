@@ -28,7 +28,7 @@ class MountSettings:
     control_socket: Path | None = None
     admin_group: str | None = None
     xattr_limits: bool = False
-    cache_timeout: float | None = None  # default: 10 s when only this gateway writes, else 1 s
+    cache_timeout: float | None = None  # default: 60 s when only this gateway writes, else 1 s
     fuse_options: set[str] = field(default_factory=set)
     backend_options: dict[str, Any] = field(default_factory=dict)
     read_ahead_kb: int = 4096  # the FUSE mount's readahead: 1 MiB requests, not 128 KiB

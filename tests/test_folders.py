@@ -249,7 +249,7 @@ def test_manager_flow_create_write_measure_limit_delete(gw: Gateway) -> None:
 
 def test_mount_sees_created_and_deleted_vfolders_at_once(gw: Gateway) -> None:
     """A vfolder path looked up through the mount before it existed (the kernel caches each
-    absence for the entry timeout, 10 s here) is there as soon as the create answers; a vfolder
+    absence for the entry timeout, 60 s here) is there as soon as the create answers; a vfolder
     the kernel had cached is gone, with the fan-out directories the delete pruned, as soon as
     the delete answers."""
     qsid = new_qsid()
