@@ -55,7 +55,7 @@ class Gateway:
                              enforce_inodes=not self.backend.enforces_inodes)
         self.lease: Lease | None = None
         self.service = ScopeService(self.registry, self.ledger, self.backend,
-                                    on_change=self._invalidate_scope)
+                                    on_change=self._invalidate_path)
         self.ops: GatewayOperations | None = None
 
     # -- start ----------------------------------------------------------------------------------
@@ -93,11 +93,6 @@ class Gateway:
             "scans": dict(self.ledger.scans),
             "fuse_requests": dict(REQUESTS),
         }
-
-    def _invalidate_scope(self, pathname: str) -> None:
-        if self.ops is not None:
-            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pathname.encode(),
-                                           ignore_enoent=True)
 
     async def _invalidate_path(self, parts: list[str]) -> None:
         """Drop the kernel's cached entry, positive or negative, for each level of a path

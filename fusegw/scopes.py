@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +30,23 @@ class Caller:
     via: str  # "socket", "xattr", "cli"
 
 
+PathChanged = Callable[[list[str]], Awaitable[None]]
+"""Told the components, below the volume root, of a path whose entries the control socket just
+created or removed, so that the mount can drop what the kernel cached of them."""
+
+
 class ScopeService:
     def __init__(self, registry: Registry, ledger: Ledger, backend: QuotaBackend,
-                 on_change: Callable[[str], None] | None = None) -> None:
+                 on_change: PathChanged | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
         self.backend = backend
-        self.on_change = on_change or (lambda pathname: None)
+        self.on_change = on_change
         self.native = NativeFigures(backend)
+
+    async def _changed(self, pathname: str) -> None:
+        if self.on_change is not None:
+            await self.on_change([pathname])
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -109,7 +118,7 @@ class ScopeService:
         else:
             scope.set_figures(os.lstat(path).st_blocks * 512, 0, {})
             self.ledger.flush(force=True)
-        self.on_change(qsid.pathname)
+        await self._changed(qsid.pathname)
         self.audit(caller, "quota-scope.create", qsid, None, _limits(scope),
                     adopted=adopted)
 
@@ -146,7 +155,7 @@ class ScopeService:
         del self.registry.scopes[scope.pathname]
         self.registry.save()
         self.ledger.remove_scope(scope.pathname)
-        self.on_change(scope.pathname)
+        await self._changed(scope.pathname)
         self.audit(caller, "quota-scope.delete", qsid, before, None)
 
     async def set_limit(self, scope: ScopeUsage, field: str, value: int, uid: int,

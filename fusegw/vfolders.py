@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -21,7 +21,7 @@ from backends import QuotaLimits
 from fusegw.errors import GatewayError, QuotaScopeExists, VFolderExists, VFolderNotFound
 from fusegw.ids import VFolderID
 from fusegw.ledger import ScopeUsage
-from fusegw.scopes import Caller, ScopeService
+from fusegw.scopes import Caller, PathChanged, ScopeService
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -54,7 +54,7 @@ def _opendir(name: str, dir_fd: int | None = None) -> Iterator[int]:
 
 class VFolderService:
     def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService,
-                 on_change: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
+                 on_change: PathChanged | None = None) -> None:
         self.volume = volume
         self.mountpoint = mountpoint
         self.scopes = scopes

@@ -247,17 +247,20 @@ def test_manager_flow_create_write_measure_limit_delete(gw: Gateway) -> None:
     assert api(gw, "GET", "/quota-scope", {"volume": gw.volume, "qsid": qsid}).status_code == 404
 
 
-def test_mount_sees_created_and_deleted_vfolders_at_once(gw: Gateway) -> None:
-    """A vfolder path looked up through the mount before it existed (the kernel caches each
-    absence for the entry timeout, 60 s here) is there as soon as the create answers; a vfolder
-    the kernel had cached is gone, with the fan-out directories the delete pruned, as soon as
-    the delete answers."""
+def test_mount_sees_created_and_deleted_scopes_and_vfolders_at_once(gw: Gateway) -> None:
+    """A scope or vfolder path looked up through the mount before it existed (the kernel caches
+    each absence for the entry timeout, 60 s here) is there as soon as the create answers; what
+    the kernel had cached is gone as soon as the delete answers (the vfolder with the fan-out
+    directories the delete pruned, then the scope)."""
     qsid = new_qsid()
-    gw.create_scope(qsid)
     fid = uuid.uuid4().hex
     path = gw.mountpoint / vfolder_rel(qsid, fid)
+    scope_dir = gw.mountpoint / Path(vfolder_rel(qsid, fid)).parts[0]
     fanout = path.parent.parent
-    assert not fanout.exists()  # cached as absent now
+    assert not scope_dir.exists()  # cached as absent now
+    gw.create_scope(qsid)
+    assert scope_dir.is_dir()
+    assert not fanout.exists()
     assert create_folder(gw, vfid_of(qsid, fid)).status_code == 204
     assert path.is_dir()
     (path / "f").write_bytes(b"x")
@@ -266,6 +269,9 @@ def test_mount_sees_created_and_deleted_vfolders_at_once(gw: Gateway) -> None:
     assert not (path / "f").exists()
     assert not path.exists()
     assert not fanout.exists()
+    r = api(gw, "DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+    assert r.status_code == 204, r.text
+    assert not scope_dir.exists()
 
 
 def test_create_in_existing_scope_keeps_its_limit(gw: Gateway) -> None:
