@@ -128,7 +128,7 @@ class Gateway:
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
         metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
-        vfolders = VFolderService(s.source, s.mountpoint, self.service, self._invalidate_path)
+        vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics).install(app)
         assert s.control_socket is not None

@@ -44,9 +44,11 @@ class ScopeService:
         self.on_change = on_change
         self.native = NativeFigures(backend)
 
-    async def _changed(self, pathname: str) -> None:
+    async def changed(self, parts: list[str]) -> None:
+        """Tell the mount that entries along this path (components below the volume root) were
+        created or removed here, so what the kernel cached of them goes at once."""
         if self.on_change is not None:
-            await self.on_change([pathname])
+            await self.on_change(parts)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class ScopeService:
         else:
             scope.set_figures(os.lstat(path).st_blocks * 512, 0, {})
             self.ledger.flush(force=True)
-        await self._changed(qsid.pathname)
+        await self.changed([qsid.pathname])
         self.audit(caller, "quota-scope.create", qsid, None, _limits(scope),
                     adopted=adopted)
 
@@ -155,7 +157,7 @@ class ScopeService:
         del self.registry.scopes[scope.pathname]
         self.registry.save()
         self.ledger.remove_scope(scope.pathname)
-        await self._changed(scope.pathname)
+        await self.changed([scope.pathname])
         self.audit(caller, "quota-scope.delete", qsid, before, None)
 
     async def set_limit(self, scope: ScopeUsage, field: str, value: int, uid: int,

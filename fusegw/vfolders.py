@@ -21,7 +21,7 @@ from backends import QuotaLimits
 from fusegw.errors import GatewayError, QuotaScopeExists, VFolderExists, VFolderNotFound
 from fusegw.ids import VFolderID
 from fusegw.ledger import ScopeUsage
-from fusegw.scopes import Caller, PathChanged, ScopeService
+from fusegw.scopes import Caller, ScopeService
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -53,21 +53,18 @@ def _opendir(name: str, dir_fd: int | None = None) -> Iterator[int]:
 
 
 class VFolderService:
-    def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService,
-                 on_change: PathChanged | None = None) -> None:
+    def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService) -> None:
         self.volume = volume
         self.mountpoint = mountpoint
         self.scopes = scopes
         self.ledger = scopes.ledger
-        self.on_change = on_change
 
     async def _changed(self, vfid: VFolderID) -> None:
         """Let the mount forget what it cached of the vfolder's path (an absence looked up
         before the create, the directories a delete removed): visible at once, not when the
         kernel's entry timeout runs out."""
-        if self.on_change is not None:
-            h = vfid.hex
-            await self.on_change([vfid.quota_scope_id.pathname, h[0:2], h[2:4], h[4:]])
+        h = vfid.hex
+        await self.scopes.changed([vfid.quota_scope_id.pathname, h[0:2], h[2:4], h[4:]])
 
     def _scope(self, vfid: VFolderID) -> ScopeUsage:
         return self.scopes.get(vfid.quota_scope_id)
