@@ -30,7 +30,8 @@ async def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> 
     try:
         with trio.fail_after(timeout):
             proc = await trio.run_process(list(argv), capture_stdout=True, capture_stderr=True,
-                                          check=False, stdin=subprocess.DEVNULL)
+                                          check=False, stdin=subprocess.DEVNULL,
+                                          umask=0o022)  # the daemon runs with umask 0
     except FileNotFoundError:
         raise BackendError(f"command not found: {argv[0]}", errno.ENOENT) from None
     except trio.TooSlowError:

@@ -269,7 +269,7 @@ class ProjectRegistry:
 
     def locked(self, fn: Callable[[], T]) -> T:
         """Run `fn` holding the exclusive lock."""
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_file.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:

@@ -227,6 +227,10 @@ def run_gateway(settings: MountSettings, ready: Callable[[], None]) -> None:
     """Run in the foreground until unmounted or signalled; StartupError for refusals."""
     preflight(settings)
     raise_fd_limit()
+    # The kernel has applied the caller's umask to every mode a request carries; the daemon's
+    # own must not narrow it again (a `umask 002` user's files would lose group write). So
+    # everything the daemon itself creates names its mode, and commands run with 022.
+    os.umask(0)
     try:
         trio.run(Gateway(settings).run, ready)
     except GatewayError as e:

@@ -66,7 +66,7 @@ def hypercorn_config() -> Config:
 
 def bind_unix(path: Path, mode: int = 0o660, gid: int | None = None) -> trio.socket.SocketType:
     """Bind the socket file, replacing a stale one left by a dead gateway."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
