@@ -69,3 +69,25 @@ def prepare_volume(root: Path) -> None:
         )
     if text != str(LAYOUT_VERSION):
         raise VolumeRefused(f"{root}: unsupported layout version {text!r} in {VERSION_FILE}")
+
+
+_LEVEL_NAMES = {
+    SCOPE_DEPTH: _FANOUT_NAME,  # in a scope directory: <fid[0:2]>
+    SCOPE_DEPTH + 1: _FANOUT_NAME,  # <fid[2:4]>
+    SCOPE_DEPTH + 2: re.compile(r"[0-9a-f]{28}"),  # <fid[4:]>: a vfolder's root
+}
+
+
+def may_create(parent_depth: int, name: bytes, is_dir: bool) -> bool:
+    """Whether an entry may be created under a directory at `parent_depth` (0 = the root).
+
+    The root belongs to the gateway (scopes come through the control socket); inside a scope,
+    the two fan-out levels and the vfolder roots are the layout's own: only directories with
+    the layout's names. Below a vfolder's root anything goes.
+    """
+    if parent_depth == 0:
+        return False
+    pattern = _LEVEL_NAMES.get(parent_depth)
+    if pattern is None:
+        return True
+    return is_dir and pattern.fullmatch(name.decode("ascii", "replace")) is not None

@@ -396,14 +396,17 @@ def test_invalid_initial_size_is_400_and_creates_nothing(gw: Gateway, options: A
 
 def test_symlink_at_fanout_makes_create_fail_and_creates_nothing_outside(
         gw: Gateway, public_dir: Path) -> None:
-    """A symlink planted through the mount at <scope>/ab makes POST /folder/create of a vfid
+    """A symlink planted beside the gateway at <scope>/ab (the mount refuses to make one there)
+    makes POST /folder/create of a vfid
     whose hex starts with `ab` fail with a 4xx; the symlink's target stays empty and no vfolder
     appears anywhere, and the scope's figures stay exact."""
     outside = public_dir / f"outside-{uuid.uuid4().hex[:8]}"
     outside.mkdir()
     qsid = new_qsid()
-    scope_dir = gw.create_scope(qsid)
-    (scope_dir / "ab").symlink_to(outside)
+    gw.create_scope(qsid)
+    (gw.source / scope_hex(qsid) / "ab").symlink_to(outside)
+    assert api(gw, "POST", "/quota-scope/check",
+               {"volume": gw.volume, "qsid": qsid, "repair": True}).status_code == 200
     fid = "ab" + uuid.uuid4().hex[2:]
     before = volume_state(gw)
 
@@ -427,8 +430,10 @@ def test_symlink_at_fanout_never_lets_delete_or_usage_reach_outside(
     precious = outside / fid[2:4] / fid[4:] / "precious"
     precious.write_bytes(b"p" * 5000)
     qsid = new_qsid()
-    scope_dir = gw.create_scope(qsid)
-    (scope_dir / "ab").symlink_to(outside)
+    gw.create_scope(qsid)
+    (gw.source / scope_hex(qsid) / "ab").symlink_to(outside)
+    assert api(gw, "POST", "/quota-scope/check",
+               {"volume": gw.volume, "qsid": qsid, "repair": True}).status_code == 200
     vfid = vfid_of(qsid, fid)
 
     r = api(gw, "POST", "/folder/delete", {"volume": gw.volume, "vfid": vfid})
@@ -453,7 +458,9 @@ def test_symlink_in_place_of_a_vfolder_is_refused_by_delete_without_5xx(
     scope_dir = gw.create_scope(qsid)
     fid = uuid.uuid4().hex
     (scope_dir / fid[0:2] / fid[2:4]).mkdir(parents=True)
-    (scope_dir / fid[0:2] / fid[2:4] / fid[4:]).symlink_to(outside)
+    (gw.source / scope_hex(qsid) / fid[0:2] / fid[2:4] / fid[4:]).symlink_to(outside)
+    assert api(gw, "POST", "/quota-scope/check",
+               {"volume": gw.volume, "qsid": qsid, "repair": True}).status_code == 200
 
     r = api(gw, "POST", "/folder/delete", {"volume": gw.volume, "vfid": vfid_of(qsid, fid)})
     assert 400 <= r.status_code < 500, r.text

@@ -650,27 +650,29 @@ def test_second_gateway_on_same_volume_refused_naming_holder(
     assert not second.socket.exists()
     assert status(gateway)["pid"] == gateway.pid
     assert gateway.describe(qsid)["limit_bytes"] == MiB
-    (gateway.mountpoint / scope_hex(qsid) / "still.bin").write_bytes(b"ok")
+    (gateway.make_vfolder(qsid) / "still.bin").write_bytes(b"ok")
 
 
 # -- 11. what the storage proxy expects ------------------------------------------------------
 
 
 def test_storage_proxy_expectations_for_10mib_scope_and_unlimited(gateway: Gateway) -> None:
-    """A new 10 MiB scope reports used_bytes <= 4096 and limit_bytes == 10 MiB; after an 8192-
-    byte file written and fsynced in the scope directory, used_bytes lies in [8192, 8192+4096].
+    """A new 10 MiB scope reports used_bytes <= 4096 and limit_bytes == 10 MiB; an 8192-byte
+    file written and fsynced in a vfolder adds between 8192 and 8192+4096 to used_bytes.
     An unlimited scope answers null limits in the API and '0' in the limit xattrs."""
     qsid = new_qsid()
     scope_dir = gateway.create_scope(qsid, limit_bytes=10 * MiB)
     fig = gateway.describe(qsid)
     assert fig["used_bytes"] <= 4096
     assert fig["limit_bytes"] == 10 * MiB
-    with open(scope_dir / "test.bin", "wb") as f:
+    vf = gateway.make_vfolder(qsid)
+    base = gateway.describe(qsid)["used_bytes"]
+    with open(vf / "test.bin", "wb") as f:
         f.write(b"\xab" * 8192)
         f.flush()
         os.fsync(f.fileno())
     used = gateway.describe(qsid)["used_bytes"]
-    assert 8192 <= used <= 8192 + 4096
+    assert 8192 <= used - base <= 8192 + 4096
     assert xattr_int(scope_dir, "used_bytes") == used
     assert xattr_int(scope_dir, "limit_bytes") == 10 * MiB
 

@@ -7,10 +7,11 @@ import os
 import pyfuse3
 
 
-def entry_attributes(ino: int, st: os.stat_result, timeout: float) -> pyfuse3.EntryAttributes:
+def entry_attributes(ino: int, st: os.stat_result, timeout: float,
+                     generation: int = 0) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
-    e.st_ino = ino
-    e.generation = 0
+    e.st_ino = ino  # pyfuse3: the node id and st_ino at once
+    e.generation = generation
     e.entry_timeout = timeout
     e.attr_timeout = timeout
     e.st_mode = st.st_mode
@@ -33,22 +34,3 @@ def statvfs_data(sv: os.statvfs_result) -> pyfuse3.StatvfsData:
                  "f_favail", "f_namemax"):
         setattr(d, name, getattr(sv, name))
     return d
-
-
-def write_growth(st: os.stat_result, offset: int, length: int) -> int:
-    """Upper bound of the bytes a write of `length` at `offset` can newly allocate.
-
-    A write inside a file whose blocks are all allocated allocates nothing; otherwise every
-    block the range touches beyond the allocated extent may be new (all of them when the file
-    has holes). The actual change is measured afterwards; this bound only decides admission.
-    """
-    if length <= 0:
-        return 0
-    blk = st.st_blksize or 4096
-    end = offset + length
-    covered = -(-st.st_size // blk) * blk
-    first = offset - offset % blk
-    last = -(-end // blk) * blk
-    if st.st_blocks * 512 >= covered:  # no holes
-        return max(0, last - max(first, covered))
-    return last - first

@@ -1,10 +1,13 @@
 """The inode table: FUSE inode numbers ↔ backing inodes, with lookup counts and forget.
 
 Each known inode holds an O_PATH descriptor of its backing inode, as libfuse's passthrough_ll
-does. The descriptor pins the backing inode, so (st_dev, st_ino) cannot be reused while the
-kernel may still name the FUSE inode, and every operation reaches the inode itself without
-resolving a path. The FUSE number is our own counter, never the backing st_ino: btrfs
-subvolumes repeat inode numbers.
+does, and every operation reaches the inode itself without resolving a path.
+
+The FUSE number is derived from the backing inode (`fusegw.fs.numbers`), so `st_ino` through
+the mount is the backing `st_ino` and stays the same across forget, drop_caches and restarts
+(rsync -H, tar's incremental mode, git's index and backup tools depend on that). pyfuse3 sends
+one number as both the node id and `st_ino`, so the node id is that number; the inode
+generation from the file handle goes with it as the FUSE generation.
 
 A descriptor per inode the kernel knows is unbounded (readdirplus hands the kernel every entry
 of a listing), so where the backing filesystem has file handles a node keeps its handle and
@@ -22,10 +25,19 @@ from collections import OrderedDict
 
 import pyfuse3
 
-from fusegw.fs import syscalls
+from fusegw.fs import numbers, syscalls
 from fusegw.layout import VFOLDER_DEPTH, vfolder_hex
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+Key = tuple[int, int | bytes]
+"""A backing inode's identity: (st_dev, its file handle, or st_ino where there is none)."""
+
+
+class StaleInode(OSError):
+    """The kernel named an inode the table does not know (any more): ESTALE, as NFS does."""
+
+    def __init__(self, ino: int) -> None:
+        super().__init__(errno.ESTALE, f"unknown inode {ino}")
 
 
 class Node:
@@ -35,8 +47,8 @@ class Node:
     carries the fan-out names while depth < 4 so the vfolder root can spell its folder hex.
     """
 
-    __slots__ = ("_fd", "depth", "handle", "ino", "key", "lookups", "mode", "prefix", "scope",
-                 "stamp", "table", "vf")
+    __slots__ = ("_fd", "depth", "generation", "handle", "ino", "key", "lookups", "mode",
+                 "natural", "prefix", "scope", "stamp", "table", "vf")
 
     def __init__(self, ino: int, fd: int, key: tuple[int, int | bytes], mode: int,
                  table: InodeTable | None = None, handle: bytes | None = None) -> None:
@@ -46,6 +58,8 @@ class Node:
         self.handle = handle
         self.key = key
         self.mode = mode
+        self.generation = numbers.generation(handle)
+        self.natural = True  # `ino` is the number derived from the backing inode
         self.lookups = 0
         self.depth = 0
         self.prefix = ""
@@ -96,9 +110,9 @@ class InodeTable:
         root = Node(pyfuse3.ROOT_INODE, root_fd, (st.st_dev, st.st_ino), st.st_mode)
         root.lookups = 1
         self.root = root
+        self.numbers = numbers.Numbering(st)
         self.by_ino: dict[int, Node] = {root.ino: root}
-        self.by_key: dict[tuple[int, int | bytes], Node] = {root.key: root}
-        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self.by_key: dict[Key, Node] = {root.key: root}
         self.max_open = max_open or _open_budget()
         self._open: OrderedDict[int, Node] = OrderedDict()  # reopenable nodes, LRU first
         self.mount_id = -1
@@ -125,7 +139,10 @@ class InodeTable:
         return len(self.by_ino)
 
     def get(self, ino: int) -> Node:
-        return self.by_ino[ino]
+        try:
+            return self.by_ino[ino]
+        except KeyError:
+            raise StaleInode(ino) from None
 
     def descriptor(self, node: Node) -> int:
         if node._fd >= 0:
@@ -153,36 +170,44 @@ class InodeTable:
         """Close the older half of the reopenable descriptors; False if there were none."""
         return self._evict(max(1, len(self._open) // 2)) > 0
 
-    def _handle(self, parent: Node, name: bytes, st: os.stat_result,
-                fd: int | None) -> bytes | None:
-        """The node's file handle, where it can be reopened through our mount descriptor.
+    def _name_handle(self, parent_fd: int, name: bytes, fd: int | None
+                     ) -> tuple[bytes | None, bytes | None]:
+        """The entry's file handle (None where there is none), and the same handle if it can
+        reopen the node through our mount descriptor.
 
         btrfs subvolumes have their own st_dev but share the mount, so the mount id decides:
         a filesystem mounted inside the volume keeps descriptors instead.
         """
         if self._mount_fd < 0:
-            return None
+            return None, None
         try:
             handle, mount_id = (syscalls.name_to_handle(fd, b"") if fd is not None
-                                else syscalls.name_to_handle(parent.fd, name))
+                                else syscalls.name_to_handle(parent_fd, name))
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.EOVERFLOW, errno.EPERM, errno.EACCES):
-                return None
+                return None, None
             raise
-        return handle if mount_id == self.mount_id else None
+        return handle, (handle if mount_id == self.mount_id else None)
 
     def find(self, dir_fd: int, name: bytes) -> Node | None:
         """The node of the backing entry dir_fd/name if the kernel knows it, else None (also
         when there is no such entry)."""
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            handle = None
-            if self._mount_fd >= 0:
-                handle, mount_id = syscalls.name_to_handle(dir_fd, name)
-                handle = handle if mount_id == self.mount_id else None
+            _, handle = self._name_handle(dir_fd, name, None)
         except OSError:
             return None
         return self.by_key.get((st.st_dev, handle if handle is not None else st.st_ino))
+
+    def number(self, dir_fd: int, name: bytes, st: os.stat_result) -> int:
+        """The FUSE number of a backing entry without taking a lookup (readdir's `..`)."""
+        if (st.st_dev, st.st_ino) == self.root.key:
+            return self.root.ino
+        known = self.find(dir_fd, name)
+        if known is not None:
+            return known.ino
+        raw, _ = self._name_handle(dir_fd, name, None)
+        return self.numbers.natural(st, raw) or self.numbers.spare(self.by_ino)
 
     def adopt(self, parent: Node, name: bytes, st: os.stat_result, fd: int | None = None) -> Node:
         """The node for a backing inode just seen under parent/name, one lookup taken.
@@ -192,12 +217,12 @@ class InodeTable:
         is used.
         """
         try:
-            handle = self._handle(parent, name, st, fd)
+            raw, handle = self._name_handle(parent.fd, name, fd)
         except BaseException:
             if fd is not None:
                 os.close(fd)
             raise
-        key: tuple[int, int | bytes] = (st.st_dev, handle if handle is not None else st.st_ino)
+        key: Key = (st.st_dev, handle if handle is not None else st.st_ino)
         node = self.by_key.get(key)
         if node is not None:
             if fd is not None:
@@ -206,14 +231,36 @@ class InodeTable:
             return node
         if fd is None and handle is None:
             fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
-        node = Node(self._next_ino, -1 if fd is None else fd, key, st.st_mode, self, handle)
-        self._next_ino += 1
+        node = self._place_new(key, st, raw, handle, -1 if fd is None else fd)
         place(node, parent, name)
-        node.lookups = 1
-        self.by_ino[node.ino] = node
-        self.by_key[key] = node
         if handle is not None and fd is not None:
             self._track(node)
+        return node
+
+    def _place_new(self, key: Key, st: os.stat_result, raw: bytes | None,
+                   handle: bytes | None, fd: int) -> Node:
+        """A node for a backing inode not in the table, under its natural number.
+
+        The number is taken by another node only when the backing filesystem reused a freed
+        inode's number (same device, same st_ino, another generation: the kernel's old inode
+        of that number is dead, and it attaches the new entry to the same node id, so the node
+        carries on with its lookups added up), or when two devices' numbers meet (then a
+        spare number keeps them apart).
+        """
+        ino = self.numbers.natural(st, raw)
+        old = self.by_ino.get(ino) if ino is not None else None
+        lookups = 0
+        if old is not None and old.natural and old.key[0] == key[0] and old is not self.root:
+            lookups = old.lookups
+            self._drop(old)
+        elif old is not None or ino is None:
+            ino = None
+        node = Node(ino or self.numbers.spare(self.by_ino), fd, key, st.st_mode, self, handle)
+        node.natural = ino is not None
+        node.lookups = lookups + 1
+        ino = node.ino
+        self.by_ino[ino] = node
+        self.by_key[key] = node
         return node
 
     def forget(self, ino: int, count: int) -> None:
@@ -222,13 +269,17 @@ class InodeTable:
             return
         node.lookups -= count
         if node.lookups <= 0:
-            del self.by_ino[ino]
-            if self.by_key.get(node.key) is node:
-                del self.by_key[node.key]
-            self._open.pop(ino, None)
-            if node._fd >= 0:
-                os.close(node._fd)
-                node._fd = -1
+            self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        if self.by_ino.get(node.ino) is node:
+            del self.by_ino[node.ino]
+        if self.by_key.get(node.key) is node:
+            del self.by_key[node.key]
+        self._open.pop(node.ino, None)
+        if node._fd >= 0:
+            os.close(node._fd)
+            node._fd = -1
 
     def close_all(self) -> None:
         for node in self.by_ino.values():

@@ -11,68 +11,49 @@ cannot interleave with another request.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
-import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
 
 import pyfuse3
 import trio
 
-from backends import BackendError
-from fusegw.errors import GatewayError
 from fusegw.fs import syscalls
-from fusegw.fs.attrs import entry_attributes, statvfs_data, write_growth
+from fusegw.fs.attrs import entry_attributes, statvfs_data
+from fusegw.fs.guard import REQUESTS, GuardedOperations
 from fusegw.fs.inodes import O_PATH_FLAGS, InodeTable, Node
-from fusegw.fs.settle import LateAllocations, may_allocate_later
+from fusegw.fs.privs import kills_privs, without_privs
+from fusegw.fs.settle import LateAllocations
 from fusegw.fs.xattrs import UsageXattrs
-from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, vfolder_hex
+from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, may_create, vfolder_hex
 from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.ledger.growth import entry_growth, write_bound, xattr_growth
 
 log = logging.getLogger("fusegw.fs")
 
 HIDDEN_AT_ROOT = STATE_DIR.encode()
 FAST_SYMLINK_MAX = 59  # ext4 keeps targets shorter than 60 bytes in the inode
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+RENAME_WHITEOUT = 4  # leaves a whiteout (a 0/0 character device) at the old name: an inode
+
+__all__ = ["REQUESTS", "GatewayOperations"]
 
 
-REQUESTS: collections.Counter[str] = collections.Counter()
-"""FUSE requests answered, by operation (for `GET /metrics` and the bench's request counts)."""
+class UnknownHandle(OSError):
+    """A file or directory handle the kernel never got from us (or already released)."""
 
-
-def fuse_errors(fn: F) -> F:
-    """Turn every failure into an errno: an exception escaping a handler kills the mount."""
-    op = fn.__name__
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        REQUESTS[op] += 1
-        try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except (GatewayError, BackendError) as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except Exception:
-            log.exception("handler %s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return cast(F, wrapper)
+    def __init__(self, fh: int) -> None:
+        super().__init__(errno.EBADF, f"unknown handle {fh}")
 
 
 @dataclass(slots=True)
 class OpenFile:
     node: Node
+    uid: int  # the opener: whether its writes keep SUID/SGID (fusegw.fs.privs)
+    pid: int
 
 
 @dataclass(slots=True)
@@ -81,7 +62,7 @@ class OpenDir:
     names: list[bytes] | None = None
 
 
-class GatewayOperations(pyfuse3.Operations):
+class GatewayOperations(GuardedOperations):
     """FUSE operations over one volume. `ledger` holds the scopes; `xattrs` answers usage."""
 
     enable_writeback_cache = False  # a refused write must fail in write(), not at close()
@@ -107,15 +88,39 @@ class GatewayOperations(pyfuse3.Operations):
         return self.ledger.scopes.get(node.scope) if node.scope is not None else None
 
     def _attrs(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        return entry_attributes(node.ino, st, self.timeout)
+        return entry_attributes(node.ino, st, self.timeout, node.generation)
+
+    def _file(self, fh: int) -> OpenFile:
+        try:
+            return self.files[fh]
+        except KeyError:
+            raise UnknownHandle(fh) from None
+
+    def _dir(self, fh: int) -> OpenDir:
+        try:
+            return self.dirs[fh]
+        except KeyError:
+            raise UnknownHandle(fh) from None
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if name in (b".", b"..") or b"/" in name:
+            raise pyfuse3.FUSEError(errno.EINVAL)
 
     @staticmethod
     def _check_parent(parent: Node, name: bytes) -> None:
         """The volume root is the gateway's: scopes come and go through the control socket."""
         if parent.depth == 0:
             raise pyfuse3.FUSEError(errno.EPERM)
-        if name in (b".", b"..") or b"/" in name:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+        GatewayOperations._check_name(name)
+
+    @staticmethod
+    def _check_new(parent: Node, name: bytes, is_dir: bool) -> None:
+        """A new entry must fit the layout: EPERM at the root and, inside a scope, for
+        anything but the layout's own directories above a vfolder's root."""
+        if not may_create(parent.depth, name, is_dir):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        GatewayOperations._check_name(name)
 
     async def _begin(self, node: Node, nbytes: int = 0, ninodes: int = 0,
                      growth: bool = True) -> ScopeUsage | None:
@@ -235,9 +240,9 @@ class GatewayOperations(pyfuse3.Operations):
         `blocks` is what the new entry itself may allocate, for admission.
         """
         parent = self.inodes.get(parent_inode)
-        self._check_parent(parent, name)
+        self._check_new(parent, name, is_dir)
         pst = os.fstat(parent.fd)
-        scope = await self._begin(parent, blocks * pst.st_blksize, 1)
+        scope = await self._begin(parent, blocks * pst.st_blksize + entry_growth(pst), 1)
         pst = os.fstat(parent.fd)  # again: _begin may have waited for a rebuild
         make(parent.fd)
         try:
@@ -252,8 +257,9 @@ class GatewayOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
                                                            pyfuse3.EntryAttributes]:
         parent = self.inodes.get(parent_inode)
-        self._check_parent(parent, name)
-        scope = await self._begin(parent, 0, 1)
+        self._check_new(parent, name, False)
+        pst = os.fstat(parent.fd)
+        scope = await self._begin(parent, entry_growth(pst), 1)
         pst = os.fstat(parent.fd)
         fd = self._open_file(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              mode & ~ctx.umask, parent.fd)
@@ -265,17 +271,18 @@ class GatewayOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        self.files[fd] = OpenFile(node)
+        self.files[fd] = OpenFile(node, ctx.uid, ctx.pid)
         return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags)), self._attrs(node, st)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.get(inode)
         parent = self.inodes.get(new_parent_inode)
-        self._check_parent(parent, new_name)
+        self._check_new(parent, new_name, False)
         if (node.scope, node.vf) != (parent.scope, parent.vf) or node.vf is None:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        scope = await self._begin(parent, 0, 0)
+        pst = os.fstat(parent.fd)
+        scope = await self._begin(parent, entry_growth(pst), 0)
         pst = os.fstat(parent.fd)
         os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
         self._settle_dir(scope, parent, pst)
@@ -313,8 +320,8 @@ class GatewayOperations(pyfuse3.Operations):
             return
         vf_root = parent.depth + 1 == VFOLDER_DEPTH and stat.S_ISDIR(st.st_mode)
         vf = _child_vfolder(parent, name) if vf_root else parent.vf
-        blocks = st.st_blocks if stat.S_ISDIR(st.st_mode) else self.late.release(st)
-        self._charge_entry(scope, vf, vf_root, -blocks * 512, -1)
+        nbytes = st.st_blocks * 512 if stat.S_ISDIR(st.st_mode) else self.late.release(st)
+        self._charge_entry(scope, vf, vf_root, -nbytes, -1)
         if vf_root and vf is not None:
             scope.vfolders.pop(vf, None)
 
@@ -339,15 +346,20 @@ class GatewayOperations(pyfuse3.Operations):
         if (old.scope, old.vf) != (new.scope, new.vf) or old.vf is None \
                 or old.depth < VFOLDER_DEPTH:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        scope = await self._begin(new, 0, 0)
         replaced = None
         if not flags & pyfuse3.RENAME_EXCHANGE:
             with contextlib.suppress(FileNotFoundError):
                 replaced = os.stat(name_new, dir_fd=new.fd, follow_symlinks=False)
         old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
+        whiteout = 1 if flags & RENAME_WHITEOUT else 0
+        adds_entry = replaced is None and not flags & pyfuse3.RENAME_EXCHANGE
+        scope = await self._begin(new, entry_growth(new_st) if adds_entry else 0, whiteout)
+        old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
         syscalls.renameat2(old.fd, name_old, new.fd, name_new, flags)
         if replaced is not None:
             self._release_entry(scope, new, name_new, replaced)
+        if whiteout:
+            self._charge(scope, old.vf, 0, 1)
         self._settle_dir(scope, old, old_st)
         if new is not old:
             self._settle_dir(scope, new, new_st)
@@ -365,7 +377,7 @@ class GatewayOperations(pyfuse3.Operations):
             self._recharge(scope, node, before, os.fstat(fd))
         else:
             fd = self._open_file(node.proc, _backing_flags(flags))
-        self.files[fd] = OpenFile(node)
+        self.files[fd] = OpenFile(node, ctx.uid, ctx.pid)
         # Keep the kernel's cached pages when the file has not changed since the last open.
         st = os.fstat(fd)
         stamp = (st.st_mtime_ns, st.st_size)
@@ -386,14 +398,18 @@ class GatewayOperations(pyfuse3.Operations):
         return os.pread(fh, size, off)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        node = self.files[fh].node
+        of = self._file(fh)
+        node = of.node
         scope = self._scope(node)
-        if scope is None:
-            return os.pwrite(fh, buf, off)
-        if scope.rebuilding:
+        if scope is not None and scope.rebuilding:
             await self.ledger.admit(scope, True)
         before = os.fstat(fh)
-        scope.check_growth(write_growth(before, off, len(buf)), 0)
+        if before.st_mode & (stat.S_ISUID | stat.S_ISGID) and kills_privs(of.uid, of.pid):
+            self._drop_privs(fh, before)
+        if scope is None:
+            return os.pwrite(fh, buf, off)
+        bound = write_bound(before, off, len(buf))
+        scope.check_growth(bound.data + self.late.reserve(before, bound), 0)
         self.ledger.begin_change(scope)
         try:
             written = os.pwrite(fh, buf, off)
@@ -401,9 +417,17 @@ class GatewayOperations(pyfuse3.Operations):
             if e.errno == errno.EDQUOT:  # the storage's own limit (a native enforcer)
                 scope.refusals += 1
             raise
-        after = os.fstat(fh)
-        self.late.recharge(scope, node, before, after, may_allocate_later(before, off, after))
+        self.late.recharge(scope, node, before, os.fstat(fh), bound.extents)
         return written
+
+    @staticmethod
+    def _drop_privs(fh: int, st: os.stat_result) -> None:
+        """A write by a caller without CAP_FSETID clears SUID (and SGID where it means
+        set-group-ID), as the kernel does for local files; on direct-I/O opens it leaves this
+        to the filesystem (FUSE_WRITE_KILL_SUIDGID, which pyfuse3 does not pass on)."""
+        mode = without_privs(st.st_mode)
+        if mode != stat.S_IMODE(st.st_mode):
+            os.fchmod(fh, mode)
 
     async def flush(self, fh: int) -> None:
         # Nothing to do at close(): no writeback cache, no locks of our own. ENOSYS makes the
@@ -411,10 +435,11 @@ class GatewayOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
-        self.files.pop(fh, None)
-        os.close(fh)
+        if self.files.pop(fh, None) is not None:
+            os.close(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        self._file(fh)
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     # -- directories --------------------------------------------------------------------------
@@ -427,13 +452,18 @@ class GatewayOperations(pyfuse3.Operations):
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self.dirs[fh]
+        handle = self._dir(fh)
         parent = handle.node
         if start_id == 0 or handle.names is None:
-            handle.names = self._list(parent)
+            handle.names = [b".", b"..", *self._list(parent)]
         names = handle.names
         for i in range(start_id, len(names)):
             name = names[i]
+            if i < 2:  # `.` and `..`: the kernel takes no lookup for them
+                attrs = self._dot_attrs(parent, name)
+                if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
+                    break
+                continue
             try:
                 st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
                 node = self.inodes.adopt(parent, name, st)
@@ -442,6 +472,15 @@ class GatewayOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), i + 1):
                 self.inodes.forget(node.ino, 1)  # not sent: the kernel took no lookup
                 break
+
+    def _dot_attrs(self, node: Node, name: bytes) -> pyfuse3.EntryAttributes:
+        """The directory itself, or its parent (the root's parent is the root: the daemon
+        never shows what lies outside the volume)."""
+        if name == b"." or node.depth <= 1:
+            target = node if name == b"." else self.inodes.root
+            return self._attrs(target, os.fstat(target.fd))
+        st = os.stat(b"..", dir_fd=node.fd, follow_symlinks=False)
+        return entry_attributes(self.inodes.number(node.fd, b"..", st), st, self.timeout)
 
     @staticmethod
     def _list(parent: Node) -> list[bytes]:
@@ -454,7 +493,7 @@ class GatewayOperations(pyfuse3.Operations):
         self.dirs.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node = self.dirs[fh].node
+        node = self._dir(fh).node
         fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
         try:
             await trio.to_thread.run_sync(os.fsync, fd)
@@ -491,7 +530,8 @@ class GatewayOperations(pyfuse3.Operations):
             return
         if stat.S_ISLNK(node.mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        scope = await self._begin(node, 0, 0)
+        before = os.stat(node.fd)
+        scope = await self._begin(node, xattr_growth(before, name, value), 0)
         before = os.stat(node.fd)
         os.setxattr(node.proc, name, value)
         self._settle_node(scope, node, before)
@@ -514,12 +554,18 @@ class GatewayOperations(pyfuse3.Operations):
     def _recharge(self, scope: ScopeUsage | None, node: Node, before: os.stat_result,
                   after: os.stat_result) -> None:
         if scope is not None:
-            self.late.recharge(scope, node, before, after, track=False)
+            self.late.recharge(scope, node, before, after)
 
 
 def _backing_flags(flags: int) -> int:
-    """Open flags for the backing file: O_DIRECT would demand aligned buffers (and EINVAL)."""
-    return (flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_CLOEXEC
+    """Open flags for the backing file, which is reopened through /proc/self/fd.
+
+    O_DIRECT would demand aligned buffers (and EINVAL); O_NOFOLLOW would refuse the magic
+    link itself (ELOOP), while the node is known to be a regular file and the kernel has
+    already refused O_NOFOLLOW opens of symlinks.
+    """
+    return (flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)) \
+        | os.O_CLOEXEC
 
 
 def _child_vfolder(parent: Node, name: bytes) -> str | None:
@@ -536,12 +582,3 @@ def _direct_io(flags: int) -> bool:
     cached write. Read-write opens stay cached: MAP_SHARED is refused on direct-I/O files.
     """
     return bool(flags & os.O_DIRECT) or flags & os.O_ACCMODE == os.O_WRONLY
-
-
-for _name in (
-    "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "symlink", "create",
-    "link", "unlink", "rmdir", "rename", "open", "read", "write", "flush", "release", "fsync",
-    "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "access", "getxattr", "listxattr",
-    "setxattr", "removexattr",
-):
-    setattr(GatewayOperations, _name, fuse_errors(getattr(GatewayOperations, _name)))

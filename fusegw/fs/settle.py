@@ -7,6 +7,10 @@ here with the blocks the ledger has charged for them; when their scope has gone 
 written back (fdatasync, in a worker thread) and re-measured, and only then may the scope's
 dirty mark be cleared. Whatever is later charged or uncharged for such a file is measured
 against what was charged, so the ledger and `du` meet again.
+
+So that writeback can never take a scope past its limit, such a write is admitted with room for
+the extent-tree blocks it may cause (`fusegw.ledger.growth.tree_growth`), and that room is
+charged as a reservation until the file is measured after writeback.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import trio
 
 from fusegw.fs.inodes import Node
 from fusegw.ledger import Ledger, ScopeUsage
-
-TRACK_SIZE = 64 * 2**20  # below this, sequential writes stay within ext4's in-inode extents
+from fusegw.ledger.growth import WriteBound, tree_growth
 
 
 @dataclass(slots=True)
@@ -28,14 +31,9 @@ class Unsettled:
     scope: ScopeUsage
     vf: str | None
     blocks: int  # st_blocks the ledger has charged for this inode
+    reserved: int = 0  # bytes charged beyond `blocks` for extent-tree blocks to come
+    extents: int = 0  # extents the writes since the last measurement may have added
     changes: int = 0
-
-
-def may_allocate_later(before: os.stat_result, offset: int, after: os.stat_result) -> bool:
-    """A write that made a hole, wrote into a sparse file, or grew a large file."""
-    blk = after.st_blksize or 4096
-    sparse = after.st_blocks * 512 < -(-after.st_size // blk) * blk
-    return offset > before.st_size or sparse or after.st_size > TRACK_SIZE
 
 
 class LateAllocations:
@@ -43,27 +41,42 @@ class LateAllocations:
         self.ledger = ledger
         self.entries: dict[tuple[int, int], Unsettled] = {}
 
+    def reserve(self, st: os.stat_result, bound: WriteBound) -> int:
+        """Bytes to admit beyond a write's data for the extent-tree blocks it may cause."""
+        if not bound.extents:
+            return 0
+        entry = self.entries.get((st.st_dev, st.st_ino))
+        extents, reserved = (entry.extents, entry.reserved) if entry is not None else (0, 0)
+        return max(0, tree_growth(extents + bound.extents, st.st_blksize or 4096) - reserved)
+
     def recharge(self, scope: ScopeUsage, node: Node, before: os.stat_result,
-                 after: os.stat_result, track: bool) -> None:
-        """Charge a file's change in blocks, against what was charged for it if it is here."""
+                 after: os.stat_result, extents: int = 0) -> None:
+        """Charge a file's change in blocks, against what was charged for it if it is here;
+        a write that may add `extents` is kept here, with its reservation charged."""
         if not after.st_nlink:  # an unlinked file no longer counts, as for du
             return
         key = (after.st_dev, after.st_ino)
         entry = self.entries.get(key)
-        base = entry.blocks if entry is not None else before.st_blocks
-        delta = (after.st_blocks - base) * 512
+        if entry is None and extents:
+            entry = self.entries[key] = Unsettled(node, scope, node.vf, before.st_blocks)
+        vf = scope.vfolder(node.vf) if node.vf else None
+        if entry is None:
+            delta = (after.st_blocks - before.st_blocks) * 512
+            if delta:
+                scope.charge(vf, delta, 0)
+            return
+        entry.extents += extents
+        reserved = max(entry.reserved, tree_growth(entry.extents, after.st_blksize or 4096))
+        delta = (after.st_blocks - entry.blocks) * 512 + reserved - entry.reserved
         if delta:
-            scope.charge(scope.vfolder(node.vf) if node.vf else None, delta, 0)
-        if entry is not None:
-            entry.blocks = after.st_blocks
-            entry.changes += 1
-        elif track:
-            self.entries[key] = Unsettled(node, scope, node.vf, after.st_blocks)
+            scope.charge(vf, delta, 0)
+        entry.blocks, entry.reserved = after.st_blocks, reserved
+        entry.changes += 1
 
     def release(self, st: os.stat_result) -> int:
-        """The blocks to uncharge for a file whose last name went."""
+        """The bytes to uncharge for a file whose last name went."""
         entry = self.entries.pop((st.st_dev, st.st_ino), None)
-        return entry.blocks if entry is not None else st.st_blocks
+        return entry.blocks * 512 + entry.reserved if entry is not None else st.st_blocks * 512
 
     def pending(self, scope: ScopeUsage) -> bool:
         return any(e.scope is scope for e in self.entries.values())
@@ -106,10 +119,15 @@ class LateAllocations:
 
     def _measure(self, key: tuple[int, int], entry: Unsettled, changes: int,
                  st: os.stat_result) -> None:
-        if st.st_nlink and st.st_blocks != entry.blocks:
-            self.ledger.begin_change(entry.scope)
-            vf = entry.scope.vfolder(entry.vf) if entry.vf else None
-            entry.scope.charge(vf, (st.st_blocks - entry.blocks) * 512, 0)
-            entry.blocks = st.st_blocks
-        if entry.changes == changes:  # not written again while it was written back
+        """Charge what writeback allocated; the reservation goes unless written meanwhile."""
+        unchanged = entry.changes == changes
+        if st.st_nlink:
+            reserved = 0 if unchanged else entry.reserved
+            delta = (st.st_blocks - entry.blocks) * 512 + reserved - entry.reserved
+            if delta:
+                self.ledger.begin_change(entry.scope)
+                vf = entry.scope.vfolder(entry.vf) if entry.vf else None
+                entry.scope.charge(vf, delta, 0)
+            entry.blocks, entry.reserved = st.st_blocks, reserved
+        if unchanged:
             del self.entries[key]
