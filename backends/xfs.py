@@ -55,6 +55,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from backends.atomic import write_atomic
 from backends.base import (
     COMMAND_TIMEOUT,
     BackendError,
@@ -358,30 +359,13 @@ def _remove_lines(path: Path, match: Callable[[str, str], bool]) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text`: a temporary file beside it, fsync, rename, fsync the dir."""
+    """Replace `path` by `text` (backends.atomic: file and directory fsynced), keeping the
+    file's mode; a new file is 0644, world-readable as the XFS tools expect /etc files."""
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        data = memoryview(text.encode())
-        while data:
-            data = data[os.write(fd, data):]
-        os.fchmod(fd, mode)  # umask must not narrow a world-readable /etc file
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, text.encode(), mode)
 
 
 # -- the backend -------------------------------------------------------------------------------

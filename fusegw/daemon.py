@@ -25,11 +25,11 @@ from fusegw.errors import GatewayError
 from fusegw.fs.operations import REQUESTS, GatewayOperations
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import prepare_volume
-from fusegw.ledger import Ledger
+from fusegw.ledger import Ledger, ScopeUsage
 from fusegw.scopes import ScopeService
 from fusegw.settings import MountSettings, StartupError, preflight
 from fusegw.state import StateDir
-from fusegw.state.lease import Lease
+from fusegw.state.lease import LEASE_FILE, Lease
 from fusegw.state.registry import Registry
 from fusegw.vfolders import VFolderService
 
@@ -71,9 +71,19 @@ class Gateway:
         for pathname, rec in self.registry.scopes.items():
             scope = self.ledger.add_scope(rec.qsid, rec.limit_bytes, rec.limit_inodes)
             if not (self.settings.source / pathname).is_dir():
-                os.mkdir(self.settings.source / pathname, 0o755)
-                log.warning("scope directory was missing, recreated scope=%s", scope.qsid)
+                self._recreate_scope_dir(scope)
         return self.ledger.start_rebuild(self.ledger.load())
+
+    def _recreate_scope_dir(self, scope: ScopeUsage) -> None:
+        """A registered scope whose directory went; on a full disk it stays missing (its
+        figures are zero, lookups answer ENOENT) until a later start can make it."""
+        try:
+            os.mkdir(self.settings.source / scope.pathname, 0o755)
+        except OSError as e:
+            log.error("scope directory missing and cannot be recreated scope=%s error=%s",
+                      scope.qsid, e.strerror)
+            return
+        log.warning("scope directory was missing, recreated scope=%s", scope.qsid)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -92,7 +102,20 @@ class Gateway:
             "rebuilds": self.ledger.rebuilds,
             "scans": dict(self.ledger.scans),
             "fuse_requests": dict(REQUESTS),
+            **self._persistence(),
         }
+
+    def _persistence(self) -> dict[str, Any]:
+        """`state`: "ok" while every state file is written, "degraded" while some cannot be
+        (a full backing disk): they are kept in memory and retried; `persist_error` says
+        which, the errno, since when and how often, and whether the snapshot had to go (the
+        next start then rescans every scope)."""
+        error = self.state.persist_error()
+        if error is None and not self.ledger.settle_failing:
+            return {"state": "ok", "persist_error": None}
+        error = dict(error or {"files": []}, snapshot_dropped=self.ledger.snapshot_dropped,
+                     writeback_failing=dict(self.ledger.settle_failing))
+        return {"state": "degraded", "persist_error": error}
 
     async def _invalidate_path(self, parts: list[str]) -> None:
         """Drop the kernel's cached entry, positive or negative, for each level of a path
@@ -171,10 +194,17 @@ class Gateway:
                 return
 
     async def _renew_lease(self) -> None:
+        """Renew the heartbeat every ttl/3; a renewal that fails is reported and retried at
+        the next period, never the end of the mount (the flock keeps this node's claim)."""
         assert self.lease is not None
         while True:
             await trio.sleep(self.lease.ttl / 3)
-            await trio.to_thread.run_sync(self.lease.renew)
+            try:
+                await trio.to_thread.run_sync(self.lease.renew)
+            except OSError as e:  # recorded here, in the loop's thread, not the worker's
+                self.state.failed(LEASE_FILE, e)
+            else:
+                self.state.succeeded(LEASE_FILE)
 
     def _stop(self, sock: trio.socket.SocketType) -> None:
         pyfuse3.close(unmount=True)
@@ -185,15 +215,29 @@ class Gateway:
         except OSError:
             pass
         try:
-            if self.ops is not None:
-                self.ops.late.settle_now()
-            self.ledger.flush(force=True)
+            self._final_flush()
         finally:
             if self.lease is not None:
                 self.lease.release()
             if self.ops is not None:
                 self.ops.inodes.close_all()
         log.info("unmounted volume=%s", self.settings.volume)
+
+    def _final_flush(self) -> None:
+        """The last snapshot. It never raises: on a full disk what cannot be written stays
+        marked dirty on disk (a scope whose late blocks could not be written back keeps its
+        mark), so the next start rescans exactly those scopes."""
+        if self.ops is not None:
+            try:
+                self.ops.late.settle_now()
+            except (OSError, GatewayError) as e:
+                log.error("final writeback failed error=%s: those scopes stay dirty", e)
+        self.ledger.flush(force=True)
+        error = self.state.persist_error()
+        if error is not None:
+            log.warning("unmounting with state not written files=%s error=%s: the next start "
+                        "rescans every scope not known to be current", ",".join(error["files"]),
+                        error["error"])
 
 
 def set_read_ahead(dev: int, kib: int) -> None:

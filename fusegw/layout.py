@@ -10,10 +10,13 @@ import os
 import re
 from pathlib import Path
 
+from backends.atomic import write_atomic
 from fusegw.errors import VolumeRefused
+from fusegw.state.store import VolumeWriteError
 
 LAYOUT_VERSION = 3
 VERSION_FILE = "version.txt"
+VERSION_MODE = 0o644
 STATE_DIR = ".fusegw"
 
 SCOPE_DEPTH = 1
@@ -42,6 +45,12 @@ def _has_v2_vfolders(root: Path) -> bool:
         )
 
 
+def write_version(root: Path) -> None:
+    """Write `version.txt` = 3 durably (file and directory fsynced), world-readable whatever
+    the daemon's umask (it runs with 0): the storage proxy and tools read it."""
+    write_atomic(root / VERSION_FILE, f"{LAYOUT_VERSION}\n".encode(), VERSION_MODE)
+
+
 def prepare_volume(root: Path) -> None:
     """Check the layout version, writing `3` on a new volume; refuse a v2 volume.
 
@@ -59,9 +68,10 @@ def prepare_volume(root: Path) -> None:
                 f"{root} holds flat version-2 vfolders and no version.txt; "
                 "run `fusegw migrate` to move it to layout version 3"
             )
-        tmp = root / (VERSION_FILE + ".tmp")
-        tmp.write_text(f"{LAYOUT_VERSION}\n")
-        os.replace(tmp, version_path)
+        try:
+            write_version(root)
+        except OSError as e:  # a new volume on a full disk: a clear refusal, not a traceback
+            raise VolumeWriteError(str(version_path), e) from None
         return
     if text == "2":
         raise VolumeRefused(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fusegw.errors import InvalidParameters, VolumeRefused
 from fusegw.ids import QuotaScopeID
-from fusegw.layout import LAYOUT_VERSION, VERSION_FILE
+from fusegw.layout import write_version
 from fusegw.state import StateDir
 from fusegw.state.lease import Lease
 from fusegw.state.registry import Registry, ScopeRecord
@@ -115,8 +115,6 @@ def migrate(volume: Path, moves: list[tuple[FlatVFolder, QuotaScopeID]],
             progress(done, len(moves))
         if any(True for _ in flat_vfolders(volume)):
             raise VolumeRefused("flat vfolders remain (created meanwhile?); run again")
-        tmp = volume / (VERSION_FILE + ".tmp")
-        tmp.write_text(f"{LAYOUT_VERSION}\n")
-        os.replace(tmp, volume / VERSION_FILE)
+        write_version(volume)
     finally:
         lease.release()

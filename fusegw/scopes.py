@@ -1,11 +1,14 @@
 """Quota-scope CRUD: the one place that changes scopes and limits, for the API and setfattr.
 
 Each change is checked completely before anything is written, written to the backend, the
-registry and the ledger, and logged on the audit logger with the caller and before/after.
+registry and the ledger, and logged on the audit logger with the caller and before/after. A
+registry write that fails (a full backing disk) undoes what the backend did and answers
+VolumeWriteError (507 for ENOSPC): memory, registry and backend stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from backends import QuotaBackend, QuotaLimits
+from backends import BackendError, QuotaBackend, QuotaLimits
 from fusegw.errors import QuotaScopeExists, QuotaScopeNotEmpty, QuotaScopeNotFound
 from fusegw.ids import QuotaScopeID
 from fusegw.ledger import Ledger, ScopeUsage
 from fusegw.native import NativeFigures
 from fusegw.state.registry import Registry, ScopeRecord
+from fusegw.state.store import VolumeWriteError
 
 audit = logging.getLogger("fusegw.audit")
 
@@ -106,13 +110,20 @@ class ScopeService:
             )
         path = self.backend.scope_path(qsid.pathname)
         adopted = os.path.isdir(path)
-        if not adopted:
-            await self.backend.create_scope(qsid.pathname, limits)
-        else:
-            await self.backend.update_scope(qsid.pathname, limits)
-        self.registry.scopes[qsid.pathname] = ScopeRecord(qsid, limits.limit_bytes,
-                                                          limits.limit_inodes)
-        self.registry.save()
+        try:
+            if not adopted:
+                await self.backend.create_scope(qsid.pathname, limits)
+            else:
+                await self.backend.update_scope(qsid.pathname, limits)
+        except OSError as e:
+            raise VolumeWriteError(f"the scope directory {path}", e) from None
+        try:
+            self.registry.put(ScopeRecord(qsid, limits.limit_bytes, limits.limit_inodes))
+        except VolumeWriteError:
+            if not adopted:  # an adopted directory was there before: it stays, to be adopted
+                with _best_effort():  # again by a retry
+                    await self.backend.delete_scope(qsid.pathname)
+            raise
         scope = self.ledger.add_scope(qsid, limits.limit_bytes, limits.limit_inodes)
         if adopted:
             self.ledger.start_rebuild([scope])
@@ -136,7 +147,7 @@ class ScopeService:
         before = _limits(scope)
         after = dict(before, **changes)
         await self.backend.update_scope(scope.pathname, QuotaLimits(**after))
-        self._store_limits(scope, after)
+        await self._store_limits(scope, before, after)
         self.audit(caller, "quota-scope.update", qsid, before, after)
 
     async def unset(self, qsid: QuotaScopeID, caller: Caller) -> None:
@@ -144,7 +155,7 @@ class ScopeService:
         before = _limits(scope)
         await self.backend.unset_scope(scope.pathname)
         after = {"limit_bytes": 0, "limit_inodes": 0}
-        self._store_limits(scope, after)
+        await self._store_limits(scope, before, after)
         self.audit(caller, "quota-scope.unset", qsid, before, after)
 
     async def delete(self, qsid: QuotaScopeID, caller: Caller) -> None:
@@ -154,8 +165,12 @@ class ScopeService:
             raise QuotaScopeNotEmpty(f"quota scope {qsid} still holds vfolders")
         before = _limits(scope)
         await self.backend.delete_scope(scope.pathname)
-        del self.registry.scopes[scope.pathname]
-        self.registry.save()
+        try:
+            self.registry.remove(scope.pathname)
+        except VolumeWriteError:
+            with _best_effort():  # the rmdir freed a block: the directory comes back
+                await self.backend.create_scope(scope.pathname, QuotaLimits(**before))
+            raise
         self.ledger.remove_scope(scope.pathname)
         await self.changed([scope.pathname])
         self.audit(caller, "quota-scope.delete", qsid, before, None)
@@ -166,12 +181,19 @@ class ScopeService:
         await self.update(scope.qsid, {field: value}, Caller(uid, pid, "xattr"),
                           create_missing=False)
 
-    def _store_limits(self, scope: ScopeUsage, limits: dict[str, int]) -> None:
+    async def _store_limits(self, scope: ScopeUsage, before: dict[str, int],
+                            after: dict[str, int]) -> None:
+        """Record the limits the backend now has; if the registry cannot be written, give the
+        backend its limits back and raise, leaving the scope as it was."""
         self.native.forget(scope.pathname)
-        record = self.registry.scopes[scope.pathname]
-        record.limit_bytes = scope.limit_bytes = limits["limit_bytes"]
-        record.limit_inodes = scope.limit_inodes = limits["limit_inodes"]
-        self.registry.save()
+        try:
+            record = self.registry.set_limits(scope.pathname, after["limit_bytes"],
+                                              after["limit_inodes"])
+        except VolumeWriteError:
+            with _best_effort():
+                await self.backend.update_scope(scope.pathname, QuotaLimits(**before))
+            raise
+        scope.limit_bytes, scope.limit_inodes = record.limit_bytes, record.limit_inodes
 
     @staticmethod
     def audit(caller: Caller, action: str, qsid: QuotaScopeID, before: Any, after: Any,
@@ -179,6 +201,11 @@ class ScopeService:
         audit.info(json.dumps({"event": action, "qsid": str(qsid), "uid": caller.uid,
                                "pid": caller.pid, "via": caller.via, "before": before,
                                "after": after, **extra}, sort_keys=True))
+
+
+def _best_effort() -> contextlib.AbstractContextManager[None]:
+    """Undoing a step after a later one failed: the later failure is what the caller hears."""
+    return contextlib.suppress(BackendError, OSError)
 
 
 def _figures(scope: ScopeUsage) -> dict[str, int | None]:

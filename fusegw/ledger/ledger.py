@@ -5,6 +5,17 @@ Crash safety rests on one rule: before the first change to a scope after a snaps
 is recorded (durably) in `dirty.json`. A snapshot is written once a scope has been quiet for a
 moment, and only then is the scope taken off the dirty list. So after kill -9 every scope whose
 snapshot may be stale is on the list, and only those are rescanned.
+
+A full backing disk (ENOSPC) must not stop the mount, so no write here raises: a snapshot or
+a dirty mark that cannot be written stays in memory, is retried by the flush loop, and is
+reported (`StateDir.persist_error`, logged once when it starts failing and once when it
+recovers). The rule above still holds because the ledger knows what the disk says — the scopes
+the snapshot on disk holds (`_disk_snapshot`) and the marks on disk (`_disk_marks`) — and keeps
+one invariant: every scope of the snapshot on disk whose figures may be stale is marked on disk.
+A scope about to change that cannot be marked takes the snapshot with it (ledger.json is
+unlinked, which needs no space, and the directory fsynced): with no snapshot a restart rescans
+every scope. Only if even that fails is the change refused, with the errno. A dirty.json that
+exists but cannot be parsed marks every scope.
 """
 
 from __future__ import annotations
@@ -18,10 +29,11 @@ from typing import Any, Protocol
 
 import trio
 
+from fusegw.errors import GatewayError
 from fusegw.ids import QuotaScopeID
 from fusegw.ledger.scan import ScanResult, scan_scope
 from fusegw.ledger.usage import QuotaExceeded, ScopeUsage
-from fusegw.state.store import StateDir
+from fusegw.state.store import StateDir, UnreadableState, VolumeWriteError
 
 log = logging.getLogger("fusegw.ledger")
 
@@ -54,6 +66,10 @@ class Ledger:
         self.rebuilds: list[dict[str, Any]] = []  # what was rescanned since start, for status
         self.scans: dict[str, int] = {}  # scans in progress: scope -> files seen so far
         self.settlers: list[Settler] = []
+        self._disk_snapshot: frozenset[str] = frozenset()  # scopes ledger.json on disk holds
+        self._disk_marks: frozenset[str] = frozenset()  # scopes dirty.json on disk marks
+        self.snapshot_dropped = False  # ledger.json unlinked for want of a dirty mark
+        self.settle_failing: dict[str, str] = {}  # scope -> why its late blocks wait
 
     # -- admission and charging (called synchronously from FUSE handlers) --------------------
 
@@ -67,12 +83,14 @@ class Ledger:
                 scope.waiting -= 1
 
     def begin_change(self, scope: ScopeUsage) -> None:
-        """Record durably that the scope is about to change, before the change reaches disk."""
+        """Record durably that the scope is about to change, before the change reaches disk;
+        VolumeWriteError (the change must be refused) only if neither a dirty mark nor the
+        removal of the snapshot can be made durable."""
         scope.generation += 1
         scope.last_change = time.monotonic()
         if not scope.dirty:
+            self._protect({scope.pathname})
             scope.dirty = True
-            self._write_dirty()
 
     # -- scope registry mirror ------------------------------------------------------------------
 
@@ -91,9 +109,14 @@ class Ledger:
     def load(self) -> list[ScopeUsage]:
         """Fill figures from the snapshot; return the scopes that need a rebuild."""
         snapshot = self.state.read(SNAPSHOT_FILE)
-        dirty = self.state.read(DIRTY_FILE)
         saved: dict[str, Any] = (snapshot or {}).get("scopes", {})
-        stale = set((dirty or {}).get("dirty", []))
+        try:
+            stale = set((self.state.read_checked(DIRTY_FILE) or {}).get("dirty", []))
+        except UnreadableState as e:
+            log.warning("%s: every scope is rebuilt", e)
+            stale = set(saved) | set(self.scopes)
+        self._disk_snapshot = frozenset(saved)
+        self._disk_marks = frozenset(stale)
         need: list[ScopeUsage] = []
         for pathname, scope in self.scopes.items():
             rec = saved.get(pathname)
@@ -104,22 +127,64 @@ class Ledger:
         return need
 
     def flush(self, force: bool = False) -> None:
-        """Snapshot, then clear the dirty marks of scopes quiet for QUIET_SECONDS (all if force)."""
-        if force:
-            settled = [s for s in self.scopes.values() if s.dirty and not s.rebuilding]
-        else:  # a scope with late allocations to settle stays dirty until they are
-            settled = [s for s in self._quiet() if not self._pending(s)]
-        if not settled and not force:
+        """Snapshot, then clear the dirty marks of scopes quiet for QUIET_SECONDS (all if force).
+
+        Never raises: what cannot be written stays in memory and the flush loop retries it.
+        """
+        # a scope with late allocations to settle stays dirty until they are
+        candidates = ([s for s in self.scopes.values() if s.dirty and not s.rebuilding]
+                      if force else self._quiet())
+        settled = [s for s in candidates if not self._pending(s)]
+        if not settled and not force and not self.behind():
+            return
+        # every scope dirty now is marked before a new snapshot holds its figures
+        if not self._wanted_marks() <= self._disk_marks and not self._write_marks():
             return
         figures = {p: _figures(s) for p, s in self.scopes.items()}
-        self.state.write(SNAPSHOT_FILE, {"scopes": figures})
+        if not self.state.try_write(SNAPSHOT_FILE, {"scopes": figures}):
+            return
+        self._disk_snapshot = frozenset(figures)
+        self.snapshot_dropped = False
         for s in settled:
             s.dirty = False
-        self._write_dirty()
+        if self._disk_marks != self._wanted_marks() or DIRTY_FILE in self.state.failing:
+            self._write_marks()  # on failure more stays marked than needs: safe, retried
 
-    def _write_dirty(self) -> None:
-        dirty = sorted(p for p, s in self.scopes.items() if s.dirty or s.rebuilding)
-        self.state.write(DIRTY_FILE, {"dirty": dirty})
+    def behind(self) -> bool:
+        """Whether the disk lags memory: a write failed, or the marks on disk are not the
+        ones in memory (a clear that could not be written)."""
+        return (bool(self.state.failing.keys() & {SNAPSHOT_FILE, DIRTY_FILE})
+                or self.snapshot_dropped or self._disk_marks != self._wanted_marks())
+
+    def _wanted_marks(self) -> frozenset[str]:
+        return frozenset(p for p, s in self.scopes.items() if s.dirty or s.rebuilding)
+
+    def _marked_on_disk(self, pathnames: Iterable[str]) -> bool:
+        """Whether a restart would distrust these scopes' snapshot figures: marked, or not in
+        the snapshot on disk at all."""
+        return all(p in self._disk_marks or p not in self._disk_snapshot for p in pathnames)
+
+    def _write_marks(self, extra: frozenset[str] = frozenset()) -> bool:
+        marks = self._wanted_marks() | extra
+        if not self.state.try_write(DIRTY_FILE, {"dirty": sorted(marks)}):
+            return False
+        self._disk_marks = marks
+        return True
+
+    def _protect(self, pathnames: set[str]) -> None:
+        """Before these scopes change: make sure a restart will not trust their snapshot
+        figures. A mark if it can be written, else no snapshot at all."""
+        if self._marked_on_disk(pathnames) or self._write_marks(frozenset(pathnames)):
+            return
+        try:
+            self.state.remove(SNAPSHOT_FILE)
+        except OSError as e:
+            raise VolumeWriteError(f"a dirty mark (nor remove {SNAPSHOT_FILE})", e) from None
+        self._disk_snapshot = frozenset()
+        if not self.snapshot_dropped:
+            log.warning("dirty mark cannot be written: snapshot removed, the next start "
+                        "rescans every scope")
+        self.snapshot_dropped = True
 
     def _quiet(self) -> list[ScopeUsage]:
         now = time.monotonic()
@@ -130,26 +195,51 @@ class Ledger:
         return any(settler.pending(scope) for settler in self.settlers)
 
     async def flush_loop(self, interval: float = 0.5) -> None:
-        """Settle and snapshot the scopes that have gone quiet."""
+        """Settle and snapshot the scopes that have gone quiet; retry what could not be
+        written. Never ends by an error: the mount must outlive a full or failing disk."""
         while True:
             await trio.sleep(interval)
-            for scope in self._quiet():
-                for settler in self.settlers:
-                    if settler.pending(scope):
-                        await settler.settle(scope)
-            if any(s.dirty for s in self.scopes.values()):
-                self.flush()
+            try:
+                await self._settle_quiet()
+                if self.behind() or any(s.dirty for s in self.scopes.values()):
+                    self.flush()
+            except Exception:  # a bug: say so and go on, the mount must stay up
+                log.exception("flush loop")
+
+    async def _settle_quiet(self) -> None:
+        """Write back the late allocations of quiet scopes; one that fails (ENOSPC at
+        writeback) keeps its scope dirty and is tried again next time."""
+        pending = {str(s.qsid) for s in self.scopes.values() if self._pending(s)}
+        for key in [k for k in self.settle_failing if k not in pending]:  # rescanned, gone
+            del self.settle_failing[key]
+            log.warning("writeback recovered scope=%s: nothing left to write back", key)
+        for scope in self._quiet():
+            for settler in self.settlers:
+                if not settler.pending(scope):
+                    continue
+                key = str(scope.qsid)
+                try:
+                    await settler.settle(scope)
+                except (OSError, GatewayError) as e:
+                    if key not in self.settle_failing:
+                        log.error("writeback failing scope=%s error=%s: scope stays dirty, "
+                                  "retrying", key, e)
+                    self.settle_failing[key] = str(e)
+                    continue
+                if self.settle_failing.pop(key, None) is not None:
+                    log.warning("writeback recovered scope=%s", key)
 
     # -- rebuild --------------------------------------------------------------------------------
 
     def start_rebuild(self, scopes: Iterable[ScopeUsage]) -> list[ScopeUsage]:
-        """Mark the scopes as rebuilding (growth waits from now on) and durably dirty."""
+        """Mark the scopes as rebuilding (growth waits from now on) and durably dirty. At
+        start the scopes to rebuild are marked on disk already: nothing is written."""
         marked = list(scopes)
+        if marked:
+            self._protect({s.pathname for s in marked})
         for s in marked:
             s.ready = trio.Event()
             s.dirty = True
-        if marked:
-            self._write_dirty()
         return marked
 
     async def rebuild(self, scope: ScopeUsage) -> None:
