@@ -1,6 +1,8 @@
 """`make run`: a gateway on a demo volume under ./var, with a small scope and a vfolder to try.
 
-Serves until Ctrl-C, then unmounts.
+The layout is the one the gateway demands: the volume ./var/backing/volume sits in a root-owned
+0700 directory, so no user reaches the backing files beside the quotas; the mount ./var/mnt and
+the socket stay where anyone may reach them. Serves until Ctrl-C, then unmounts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-SOURCE, MOUNT = VAR / "volume", VAR / "mnt"
+BACKING = VAR / "backing"  # 0700: the volume's only way in for users is the mount
+SOURCE, MOUNT = BACKING / "volume", VAR / "mnt"
 SOCKET, LOG = VAR / "fusegw.sock", VAR / "fusegw.log"
 VOLUME = "demo"
 QSID = "user:0d7b2a4e-8a51-4d5c-9c1f-7f0a0f0e0c11"
@@ -37,8 +40,10 @@ def api(method: str, path: str, body: dict[str, object]) -> httpx.Response:
 
 
 def start() -> int:
+    BACKING.mkdir(mode=0o700, parents=True, exist_ok=True)
+    BACKING.chmod(0o700)  # exist_ok keeps whatever mode an older run left
     for d in (SOURCE, MOUNT):
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(exist_ok=True)
     if mounted(MOUNT):  # left over from a run that did not end cleanly
         subprocess.run(["fusermount3", "-u", "-z", str(MOUNT)], check=False)
     fusegw = Path(sys.executable).with_name("fusegw")
@@ -64,6 +69,7 @@ def explain(vfolder: Path) -> None:
     rel = os.path.relpath
     print(f"""
 fusegw demo: volume {rel(SOURCE)} is mounted at {rel(MOUNT)}
+  ({rel(BACKING)} is 0700: users reach the volume only through the mount)
   quota scope {QSID}, limit {LIMIT // 2**20} MiB
   vfolder     {rel(vfolder)}
   log         {rel(LOG)}

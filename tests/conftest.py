@@ -172,8 +172,9 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def public_dir() -> Iterator[Path]:
-    """A directory every uid may traverse (pytest's own is 0700), for volumes, mount points
-    and sockets that other users' processes must reach."""
+    """A directory every uid may traverse (pytest's own is 0700), for mount points and
+    sockets that other users' processes must reach. Volumes go in `private_source(base,
+    NAME)`, below a 0700 directory, as the gateway demands (users must not reach them)."""
     base = Path(tempfile.mkdtemp(prefix="fusegw-test-", dir="/tmp"))
     base.chmod(0o755)
     yield base
@@ -181,12 +182,24 @@ def public_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def private_source(base: Path, name: str) -> Path:
+    """A new volume directory base/private/NAME: the recommended layout, a root-owned 0700
+    parent that keeps users off the backing files, the volume itself 0755."""
+    private = base / "private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    private.chmod(0o700)  # whatever the umask made of it
+    source = private / name
+    source.mkdir()
+    return source
+
+
 def start_gateway(base: Path, name: str, extra: list[str] | None = None,
                   env: dict[str, str] | None = None) -> Gateway:
-    """A gateway over base/name mounted at base/name.mnt, for module-scoped fixtures."""
-    (base / name).mkdir()
+    """A gateway over base/private/name mounted at base/name.mnt, for module-scoped
+    fixtures."""
+    source = private_source(base, name)
     (base / f"{name}.mnt").mkdir()
-    gw = Gateway(base / name, base / f"{name}.mnt", base / f"{name}.sock", base / f"{name}.log",
+    gw = Gateway(source, base / f"{name}.mnt", base / f"{name}.sock", base / f"{name}.log",
                  name, extra or [], env or {})
     try:
         gw.start()

@@ -44,6 +44,7 @@ from conftest import (
     inodes_below,
     is_mounted,
     new_qsid,
+    private_source,
     scope_hex,
     start_gateway,
     vfolder_rel,
@@ -634,13 +635,13 @@ def test_tcp_listener_without_token_refuses_to_start(public_dir: Path) -> None:
     """`fusegw mount --tcp-listen HOST:PORT` with no auth token configured exits 1 with a
     message about the auth token, and mounts nothing."""
     name = f"notok{uuid.uuid4().hex[:6]}"
-    (public_dir / name).mkdir()
+    source = private_source(public_dir, name)
     mnt = public_dir / f"{name}.mnt"
     mnt.mkdir()
     sock = public_dir / f"{name}.sock"
     env = {k: v for k, v in os.environ.items() if k != "FUSEGW_AUTH_TOKEN"}
     proc = subprocess.run(
-        [sys.executable, "-m", "fusegw", "mount", str(public_dir / name), str(mnt),
+        [sys.executable, "-m", "fusegw", "mount", str(source), str(mnt),
          "--control-socket", str(sock), "--log-file", str(public_dir / f"{name}.log"),
          "--volume", name, "--tcp-listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, env=env)

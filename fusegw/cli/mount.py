@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -11,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from fusegw import logs
-from fusegw.settings import MountSettings, StartupError, preflight
+from fusegw.settings import MountSettings, StartupError, preflight, source_exposure
 
 DEFAULT_CONFIG = "/etc/fusegw/fusegw.toml"
 # Options mount(8)/mount.fuse3 pass that are not FUSE session options.
 IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "auto", "noauto", "user", "nouser",
                          "defaults", "_netdev", "nofail", "async"}
 OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
-               "cache_timeout", "read_ahead_kb", "log_file", "log_level"}
+               "cache_timeout", "read_ahead_kb", "log_file", "log_level",
+               "allow_exposed_source"}
+# Own options that name a file: made absolute before the daemon starts in /.
+PATH_OPTIONS = {"config", "control_socket", "log_file"}
 
 
 def register(sub: Any) -> None:
@@ -37,6 +41,9 @@ def register(sub: Any) -> None:
                    "or [control] auth_token, checked in X-BackendAI-Storage-Auth-Token)")
     p.add_argument("--xattr-limits", action="store_true", default=None,
                    help="allow root in this mount namespace to set limits with setfattr")
+    p.add_argument("--allow-exposed-source", action="store_true", default=None,
+                   help="serve a SOURCE that users other than root can reach directly "
+                   "(they bypass every quota there; refused by default)")
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="comma-separated mount options (FUSE options and the ones above)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
@@ -86,12 +93,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
     volume = args.volume or own.get("volume")
     conf = _config_volume(args.config or own.get("config"), volume, args.source)
     node = conf.pop("_node", {})
+    if "name" in conf:  # the daemon finds this table by name: from / a relative path is not it
+        own.setdefault("volume", conf["name"])
     vopts = dict(conf.get("options", {}))
     source = args.source or conf.get("path")
     mountpoint = args.mountpoint or conf.get("mountpoint")
     if not source or not mountpoint:
         raise StartupError("SOURCE and MOUNTPOINT are needed (or --config with a "
                            "[volume.NAME] table that has path and mountpoint)")
+    configured_exposed = _flag(vopts.pop("allow_exposed_source", False), "allow_exposed_source")
     settings = MountSettings(
         source=Path(source),
         mountpoint=Path(mountpoint),
@@ -103,6 +113,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                      or node.get("control", {}).get("admin_group")),
         xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
                           or vopts.pop("xattr_limits", False)),
+        allow_exposed_source=(configured_exposed or bool(args.allow_exposed_source)
+                              or own.get("allow_exposed_source") == "1"),
         cache_timeout=_float(own.get("cache_timeout") or vopts.pop("cache_timeout", None)),
         read_ahead_kb=_int(own.get("read_ahead_kb") or vopts.pop("read_ahead_kb", 4096),
                            "read_ahead_kb"),
@@ -113,6 +125,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                     or node.get("control", {}).get("auth_token")),
     )
     return settings, own
+
+
+def _flag(value: object, name: str) -> bool:
+    """A config-file boolean; anything else is refused rather than read as yes (`"no"`)."""
+    if not isinstance(value, bool):
+        raise StartupError(f"{name} must be true or false, not {value!r}")
+    return value
 
 
 def _int(value: object, name: str) -> int:
@@ -139,19 +158,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings, own = settings_from_args(args)
         preflight(settings)
+        log_file = args.log_file or own.get("log_file")
+        level = args.log_level or own.get("log_level") or "INFO"
+        if args.foreground:
+            return _foreground(settings, log_file, level, args.ready_fd)
+        return _background(args, settings, own, log_file, level)
     except StartupError as e:
         print(f"fusegw: {e}", file=sys.stderr)
         return 1
-    log_file = args.log_file or own.get("log_file")
-    level = args.log_level or own.get("log_level") or "INFO"
-    if args.foreground:
-        return _foreground(settings, log_file, level, args.ready_fd)
-    return _background(args, settings, log_file, level)
 
 
 def _foreground(settings: MountSettings, log_file: str | None, level: str,
                 ready_fd: int | None) -> int:
     logs.setup(level, log_file)
+    _warn_if_exposed(settings)
 
     def ready() -> None:
         if ready_fd is not None:
@@ -170,27 +190,25 @@ def _foreground(settings: MountSettings, log_file: str | None, level: str,
     return 0
 
 
-def _background(args: argparse.Namespace, settings: MountSettings, log_file: str | None,
-                level: str) -> int:
+def _warn_if_exposed(settings: MountSettings) -> None:
+    """The opt-out serves an exposed source; the log says so at every start, with the fix."""
+    exposure = source_exposure(settings.source) if settings.allow_exposed_source else None
+    if exposure is not None:
+        logging.getLogger("fusegw").warning("%s", exposure.warning())
+
+
+def _background(args: argparse.Namespace, settings: MountSettings, own: dict[str, str],
+                log_file: str | None, level: str) -> int:
     """Start the daemon detached and wait until it answers on the mount, or says why not."""
     if log_file is None:
         os.makedirs("/var/log/fusegw", exist_ok=True)
         log_file = f"/var/log/fusegw/{settings.volume}.log"
+    log_file = os.path.abspath(log_file)
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "fusegw", "mount", str(settings.source),
-            str(settings.mountpoint),
-            "--foreground", "--ready-fd", str(write_fd), "--log-file", log_file,
-            "--log-level", level, *[a for o in args.options for a in ("-o", o)]]
-    for flag, value in (("--backend", args.backend), ("--volume", args.volume),
-                        ("--config", args.config), ("--control-socket", args.control_socket),
-                        ("--admin-group", args.admin_group),
-                        ("--tcp-listen", args.tcp_listen)):
-        if value:
-            argv += [flag, value]
-    if args.xattr_limits:
-        argv.append("--xattr-limits")
+    argv = _daemon_argv(args, settings, own, log_file, level, write_fd)
     with open(log_file, "ab") as log:  # what the child says before its logging starts
-        child = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
+        # cwd /: nothing of the caller's working directory is on the root daemon's path
+        child = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True, cwd="/",
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
@@ -204,3 +222,49 @@ def _background(args: argparse.Namespace, settings: MountSettings, log_file: str
         f"the gateway exited with status {child.returncode}; see {log_file}")
     print(f"fusegw: {reason}", file=sys.stderr)
     return 1
+
+
+def _daemon_argv(args: argparse.Namespace, settings: MountSettings, own: dict[str, str],
+                 log_file: str, level: str, ready_fd: int) -> list[str]:
+    """The foreground command the daemon runs, for a child started in / as root.
+
+    `-I` (isolated mode) keeps the caller's cwd, PYTHONPATH and user site-packages off
+    sys.path: `python -m fusegw` in a directory holding a planted `fusegw/` would import that
+    as root. Every path is absolute, since the caller's cwd means nothing in /.
+    """
+    argv = [_interpreter(), "-I", "-m", "fusegw", "mount", str(settings.source),
+            str(settings.mountpoint), "--foreground", "--ready-fd", str(ready_fd),
+            "--log-file", log_file, "--log-level", level,
+            "--control-socket", str(settings.control_socket),
+            *[a for o in args.options for a in ("-o", _absolute_options(o))]]
+    config = args.config and os.path.abspath(args.config)
+    for flag, value in (("--backend", args.backend),
+                        ("--volume", args.volume or own.get("volume")), ("--config", config),
+                        ("--admin-group", args.admin_group), ("--tcp-listen", args.tcp_listen)):
+        if value:
+            argv += [flag, value]
+    for flag, on in (("--xattr-limits", args.xattr_limits),
+                     ("--allow-exposed-source", args.allow_exposed_source)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def _interpreter() -> str:
+    """This interpreter by absolute path (never looked up in the caller's PATH)."""
+    if not sys.executable or not os.path.isabs(sys.executable):
+        raise StartupError(f"cannot start the daemon: the interpreter's path "
+                           f"{sys.executable!r} is not absolute")
+    return sys.executable
+
+
+def _absolute_options(value: str) -> str:
+    """One -o value with its path-valued options (config=, control_socket=, log_file=) made
+    absolute against the caller's cwd."""
+    opts = []
+    for opt in value.split(","):
+        key, _, val = opt.partition("=")
+        if key in PATH_OPTIONS and val:
+            opt = f"{key}={os.path.abspath(val)}"
+        opts.append(opt)
+    return ",".join(opts)
