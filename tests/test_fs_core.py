@@ -136,7 +136,7 @@ def test_growth_bounds() -> None:
     assert write_growth(full, 0, 8192) == 0  # overwrite of allocated blocks
     assert write_growth(full, 8192, 1) == 4096
     assert write_growth(stat_of(st_size=8192, st_blocks=8), 0, 8192) == 8192  # holes
-    assert entry_growth(stat_of()) == 3 * 4096
+    assert entry_growth(4096) == 3 * 4096
     assert xattr_growth(stat_of(), b"user.big", b"v" * 3000) == 4096
     assert xattr_growth(stat_of(), b"user.huge", b"v" * 10000) == 4 * 4096
     assert extents_added(full, 0, 100) == 0

@@ -31,12 +31,17 @@ from fusegw.fs.settle import LateAllocations
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, may_create, vfolder_hex
 from fusegw.ledger import Ledger, ScopeUsage
-from fusegw.ledger.growth import entry_growth, write_bound, xattr_growth
+from fusegw.ledger.growth import (
+    entry_growth,
+    mkdir_growth,
+    symlink_growth,
+    write_bound,
+    xattr_growth,
+)
 
 log = logging.getLogger("fusegw.fs")
 
 HIDDEN_AT_ROOT = STATE_DIR.encode()
-FAST_SYMLINK_MAX = 59  # ext4 keeps targets shorter than 60 bytes in the inode
 RENAME_WHITEOUT = 4  # leaves a whiteout (a 0/0 character device) at the old name: an inode
 
 __all__ = ["REQUESTS", "GatewayOperations"]
@@ -71,6 +76,7 @@ class GatewayOperations(GuardedOperations):
                  timeout: float = 1.0) -> None:
         super().__init__()
         self.inodes = InodeTable(root_fd)
+        self.blksize = os.fstat(root_fd).st_blksize  # for the growth bound of a new entry
         self.ledger = ledger
         self.xattrs = xattrs
         self.timeout = timeout
@@ -218,32 +224,31 @@ class GatewayOperations(GuardedOperations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._make(parent_inode, name, ctx, 0, False, lambda dir_fd: os.mknod(
-            name, mode & ~ctx.umask, rdev, dir_fd=dir_fd))
+        return await self._make(parent_inode, name, ctx, entry_growth(self.blksize), False,
+                                lambda dir_fd: os.mknod(name, mode & ~ctx.umask, rdev,
+                                                        dir_fd=dir_fd))
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._make(parent_inode, name, ctx, 1, True, lambda dir_fd: os.mkdir(
-            name, mode & ~ctx.umask, dir_fd=dir_fd))
+        return await self._make(parent_inode, name, ctx, mkdir_growth(self.blksize), True,
+                                lambda dir_fd: os.mkdir(name, mode & ~ctx.umask, dir_fd=dir_fd))
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        blocks = 1 if len(target) > FAST_SYMLINK_MAX else 0
-        return await self._make(parent_inode, name, ctx, blocks, False,
-                                lambda dir_fd: os.symlink(target, name, dir_fd=dir_fd))
+        return await self._make(parent_inode, name, ctx, symlink_growth(target, self.blksize),
+                                False, lambda dir_fd: os.symlink(target, name, dir_fd=dir_fd))
 
     async def _make(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext,
-                    blocks: int, is_dir: bool,
+                    growth: int, is_dir: bool,
                     make: Callable[[int], None]) -> pyfuse3.EntryAttributes:
         """Create an entry that is not opened (node, directory, symlink) owned by the caller.
 
-        `blocks` is what the new entry itself may allocate, for admission.
+        `growth` is what the new entry and its parent may allocate, for admission.
         """
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, is_dir)
+        scope = await self._begin(parent, growth, 1)
         pst = os.fstat(parent.fd)
-        scope = await self._begin(parent, blocks * pst.st_blksize + entry_growth(pst), 1)
-        pst = os.fstat(parent.fd)  # again: _begin may have waited for a rebuild
         make(parent.fd)
         try:
             os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
@@ -258,8 +263,7 @@ class GatewayOperations(GuardedOperations):
                                                            pyfuse3.EntryAttributes]:
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, False)
-        pst = os.fstat(parent.fd)
-        scope = await self._begin(parent, entry_growth(pst), 1)
+        scope = await self._begin(parent, entry_growth(self.blksize), 1)
         pst = os.fstat(parent.fd)
         fd = self._open_file(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              mode & ~ctx.umask, parent.fd)
@@ -281,8 +285,7 @@ class GatewayOperations(GuardedOperations):
         self._check_new(parent, new_name, False)
         if (node.scope, node.vf) != (parent.scope, parent.vf) or node.vf is None:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        pst = os.fstat(parent.fd)
-        scope = await self._begin(parent, entry_growth(pst), 0)
+        scope = await self._begin(parent, entry_growth(self.blksize), 0)
         pst = os.fstat(parent.fd)
         os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
         self._settle_dir(scope, parent, pst)
@@ -350,10 +353,9 @@ class GatewayOperations(GuardedOperations):
         if not flags & pyfuse3.RENAME_EXCHANGE:
             with contextlib.suppress(FileNotFoundError):
                 replaced = os.stat(name_new, dir_fd=new.fd, follow_symlinks=False)
-        old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
         whiteout = 1 if flags & RENAME_WHITEOUT else 0
         adds_entry = replaced is None and not flags & pyfuse3.RENAME_EXCHANGE
-        scope = await self._begin(new, entry_growth(new_st) if adds_entry else 0, whiteout)
+        scope = await self._begin(new, entry_growth(self.blksize) if adds_entry else 0, whiteout)
         old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
         syscalls.renameat2(old.fd, name_old, new.fd, name_new, flags)
         if replaced is not None:

@@ -52,9 +52,24 @@ def write_growth(st: os.stat_result, offset: int, length: int) -> int:
     return last - first
 
 
-def entry_growth(dir_st: os.stat_result) -> int:
+def entry_growth(blksize: int) -> int:
     """Upper bound of what a directory grows by when an entry is added to it."""
-    return DIR_ENTRY_BLOCKS * (dir_st.st_blksize or 4096)
+    return DIR_ENTRY_BLOCKS * (blksize or 4096)
+
+
+FAST_SYMLINK_MAX = 59
+"""ext4 keeps symlink targets shorter than 60 bytes in the inode itself."""
+
+
+def mkdir_growth(blksize: int) -> int:
+    """A new directory's own first block, and its entry in the parent."""
+    return (blksize or 4096) + entry_growth(blksize)
+
+
+def symlink_growth(target: bytes, blksize: int) -> int:
+    """A symlink's block where its target does not fit the inode, and its entry."""
+    own = (blksize or 4096) if len(target) > FAST_SYMLINK_MAX else 0
+    return own + entry_growth(blksize)
 
 
 def xattr_growth(st: os.stat_result, name: bytes, value: bytes) -> int:
