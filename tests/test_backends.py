@@ -82,6 +82,19 @@ def settled_used(gw: Gateway, qsid: str, low: int, high: int) -> int:
     return int(wait_for(used_in_range, 20, f"used_bytes in [{low}, {high}]"))
 
 
+def steady_used(gw: Gateway, qsid: str, backend: str) -> int:
+    """used_bytes once it agrees with the storage's own figure after a sync (the qgroup's
+    referenced bytes on btrfs, du on vfs): a base to measure growth from."""
+    def agreed() -> int | None:
+        os.sync()
+        backing = gw.source / scope_hex(qsid)
+        truth = qgroup_referenced(backing)[0] if backend == "btrfs" else du_bytes(backing)
+        used = int(gw.describe(qsid)["used_bytes"])
+        return used if used == truth else None
+
+    return int(wait_for(agreed, 20, "used_bytes to agree with the storage"))
+
+
 def test_create_and_describe_empty_scope(backend_gw):
     """Right after creation: used <= one block (or the empty subvolume), limit as created."""
     backend, gw = backend_gw
@@ -93,16 +106,19 @@ def test_create_and_describe_empty_scope(backend_gw):
 
 
 def test_usage_after_writing_8192_bytes(backend_gw):
-    """The storage proxy's own expectation: 8192 <= used <= 8192 + one block, after a sync."""
+    """The storage proxy's own expectation: 8192 <= growth <= 8192 + one block, after a sync
+    (the file in a vfolder: nothing but the layout's directories lives above one)."""
     backend, gw = backend_gw
     qsid = new_qsid()
     scope_dir = gw.create_scope(qsid, limit_bytes=10 * MiB)
-    with open(scope_dir / "test.bin", "wb") as f:
+    vf = gw.make_vfolder(qsid)
+    base = steady_used(gw, qsid, backend)
+    with open(vf / "test.bin", "wb") as f:
         f.write(b"x" * 8192)
         os.fsync(f.fileno())
-    used = settled_used(gw, qsid, 8192, 8192 + BLOCK[backend])
+    used = settled_used(gw, qsid, base + 8192, base + 8192 + BLOCK[backend])
     xattr = int(os.getxattr(scope_dir, "user.fusegw.used_bytes"))
-    assert 8192 <= xattr <= 8192 + BLOCK[backend]
+    assert 8192 <= xattr - base <= 8192 + BLOCK[backend]
     if backend == "btrfs":
         referenced, limit = qgroup_referenced(gw.source / scope_hex(qsid))
         assert used == referenced or xattr == referenced
@@ -151,20 +167,20 @@ def test_write_past_limit_is_edquot(backend_gw):
     within the limit (plus the storage's own metadata slack on btrfs)."""
     backend, gw = backend_gw
     qsid = new_qsid()
-    scope_dir = gw.create_scope(qsid, limit_bytes=2 * MiB)
+    gw.create_scope(qsid, limit_bytes=2 * MiB)
+    vf = gw.make_vfolder(qsid)
     chunk = b"y" * (256 * 1024)
     written = 0
-    with pytest.raises(OSError) as excinfo, open(scope_dir / "big.bin", "wb",
-                                                 buffering=0) as f:
+    with pytest.raises(OSError) as excinfo, open(vf / "big.bin", "wb", buffering=0) as f:
         for _ in range(64):
             written += f.write(chunk)
     assert excinfo.value.errno == errno.EDQUOT
     assert 0 < written <= 2 * MiB
-    assert os.path.getsize(scope_dir / "big.bin") == written
+    assert os.path.getsize(vf / "big.bin") == written
     if backend == "btrfs":
         # the kernel is the enforcer: the same limit refuses a write made beside the gateway
-        with pytest.raises(OSError) as direct, open(gw.source / scope_hex(qsid) / "d.bin",
-                                                    "wb", buffering=0) as f:
+        backing = gw.source / vf.relative_to(gw.mountpoint)
+        with pytest.raises(OSError) as direct, open(backing / "d.bin", "wb", buffering=0) as f:
             for _ in range(64):
                 f.write(chunk)
         assert direct.value.errno == errno.EDQUOT
@@ -192,11 +208,12 @@ def test_inode_limit_enforced_by_gateway(backend_gw):
     """Inode limits hold on every backend (btrfs has none: the gateway enforces them)."""
     _, gw = backend_gw
     qsid = new_qsid()
-    scope_dir = gw.create_scope(qsid, limit_inodes=3)
+    gw.create_scope(qsid, limit_inodes=6)
+    vf = gw.make_vfolder(qsid)  # two fan-out directories and the vfolder's root: 3 inodes
     for i in range(3):
-        (scope_dir / f"f{i}").touch()
+        (vf / f"f{i}").touch()
     with pytest.raises(OSError) as excinfo:
-        (scope_dir / "f3").touch()
+        (vf / "f3").touch()
     assert excinfo.value.errno == errno.EDQUOT
 
 
