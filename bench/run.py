@@ -75,14 +75,16 @@ def workload(*args: str) -> dict[str, Any]:
 
 class Gateway:
     def __init__(self, name: str) -> None:
-        self.source = WORK / name
+        self.source = WORK / "private" / name  # below a 0700 directory, as fusegw demands
         self.mnt = WORK / f"{name}.mnt"
         self.sock = WORK / f"{name}.sock"
         self.log = WORK / f"{name}.log"
         self.pid = 0
 
     def start(self, env: dict[str, str] | None = None) -> None:
-        self.source.mkdir(parents=True, exist_ok=True)
+        self.source.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.source.parent.chmod(0o700)
+        self.source.mkdir(exist_ok=True)
         self.mnt.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(Path(PY).with_name("fusegw")), "mount", str(self.source),
                         str(self.mnt), "--control-socket", str(self.sock), "--log-file",
