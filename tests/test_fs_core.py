@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,52 @@ def test_growth_bounds() -> None:
     assert tree_growth(0, 4096) == 0
     assert tree_growth(2, 4096) == 2 * 4096
     assert tree_growth(341, 4096) == 3 * 4096
+
+
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """An ext4 with 64 inodes on a loop device, so a freed inode number is soon reused."""
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-N", "64", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_reused_inode_number_carries_the_node_on(tiny_ext4: Path) -> None:
+    """When the backing filesystem gives a freed inode's number to a new file while the kernel
+    still holds the old node (no descriptor pins it), the new file gets the same FUSE number
+    (its natural one), the node's lookups add up, and it reaches the new file."""
+    volume = tiny_ext4 / "vol"
+    volume.mkdir()
+    ops = make_ops(volume)
+    table = ops.inodes
+    table.max_open = 1
+    names = []
+    try:
+        while True:  # use up the inodes
+            names.append(f"f{len(names)}")
+            (volume / names[-1]).write_bytes(b"old")
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+        names.pop()
+    victim = names[3]
+    st = os.stat(volume / victim)
+    node = table.adopt(table.root, victim.encode(), st)
+    assert node.ino == st.st_ino and node._fd == -1  # a handle, no descriptor
+    os.unlink(volume / victim)
+    (volume / "new").write_bytes(b"new file")
+    st_new = os.stat(volume / "new")
+    assert st_new.st_ino == st.st_ino  # the only free inode
+    again = table.adopt(table.root, b"new", st_new)
+    assert again.ino == st.st_ino and again.lookups == 2 and again.natural
+    assert table.get(st.st_ino) is again
+    assert os.stat(again.fd).st_size == len(b"new file")
+    table.forget(st.st_ino, 2)
+    with pytest.raises(OSError) as info:
+        table.get(st.st_ino)
+    assert info.value.errno == errno.ESTALE
