@@ -44,6 +44,15 @@ class InvalidParameters(GatewayError):
     errno = errno.EINVAL
 
 
+class ProtocolRefused(InvalidParameters):
+    """A request asking to leave plain HTTP/1.1 (an `Upgrade` header, an HTTP/2 preface).
+
+    Refused as invalid parameters rather than 426 (which asks the client to upgrade) or 505
+    (a 5xx); the answer closes the connection, since what follows the request may already be
+    in the other protocol.
+    """
+
+
 class Forbidden(GatewayError):
     kind = "forbidden"
     title = "The caller may not do this"

@@ -2,6 +2,8 @@
 
 A bad request never produces a 5xx and never changes state: every parameter is validated
 before a handler touches anything, and every failure is a `GatewayError` with its status.
+A request whose meaning is ambiguous (a JSON key, query parameter or token header given twice)
+or that asks to leave plain HTTP/1.1 (`Upgrade`, HTTP/2) is refused with 400, never guessed at.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -24,13 +26,16 @@ from fusegw.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ProtocolRefused,
 )
 from fusegw.scopes import Caller
 
 log = logging.getLogger("fusegw.control")
 
 MAX_BODY = 64 * 1024
-TOKEN_HEADER = b"x-backendai-storage-auth-token"
+TOKEN_NAME = "X-BackendAI-Storage-Auth-Token"
+TOKEN_HEADER = TOKEN_NAME.lower().encode()
+HTTP_VERSIONS = ("1.0", "1.1")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -80,9 +85,13 @@ class ControlApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await _refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         started = time.monotonic()
+        close = False
         try:
             status, body = await self._handle(scope, receive)
         except ClientGone:
@@ -91,12 +100,14 @@ class ControlApp:
             return
         except GatewayError as e:
             status, body = e.status, e.problem()
+            # an unread body, or bytes that may be another protocol, follow such a request
+            close = isinstance(e, (PayloadTooLarge, ProtocolRefused))
         except BackendError as e:
             status, body = 502, BackendFailure(str(e)).problem()
         except Exception:  # a bug, never a bad request: keep serving and say so
             log.exception("control request failed")
             status, body = 500, GatewayError("internal error").problem()
-        await _respond(send, status, body)
+        await _respond(send, status, body, close)
         seconds = time.monotonic() - started
         route = scope["path"] if scope["path"] in self.routes else "unmatched"
         if self.observer is not None:
@@ -108,6 +119,7 @@ class ControlApp:
         # The whole body is read before any answer, so the connection stays usable for the
         # next request (an answer over an unread body would make the server drop it).
         body = await _read_body(receive)
+        _check_protocol(scope)
         methods = self.routes.get(scope["path"])
         if methods is None:
             raise NotFound(f"no route {scope['path']}")
@@ -126,9 +138,15 @@ class ControlApp:
         return (204, None) if result is None else (200, result)
 
     def _check_token(self, scope: Scope) -> None:
-        given = dict(scope.get("headers", [])).get(TOKEN_HEADER, b"")
+        """The token header must be given once: with two, which one counts would be a guess
+        (the last one decided before), so such a request never passes, even if both match."""
+        tokens = _header_values(scope, TOKEN_HEADER)
+        if len(tokens) > 1:
+            raise InvalidParameters(f"{TOKEN_NAME} header given {len(tokens)} times",
+                                    data={TOKEN_NAME: "given more than once"})
+        given = tokens[0] if tokens else b""
         if not self.token or not hmac.compare_digest(given, self.token.encode()):
-            raise Forbidden(f"missing or wrong {TOKEN_HEADER.decode()} header")
+            raise Forbidden(f"missing or wrong {TOKEN_NAME} header")
 
     def _authorize(self, peer: Peer | None) -> None:
         if peer is None:
@@ -141,23 +159,71 @@ class ControlApp:
         raise Forbidden(f"uid {peer.uid} is neither root nor in the admin group")
 
 
+def _check_protocol(scope: Scope) -> None:
+    """Plain HTTP/1.x only. A request asking for another protocol is refused rather than served
+    as if it had not asked (the client could not tell whether it was switched); the server
+    (fusegw.control.server) never switches, so such requests arrive here as HTTP requests."""
+    version = str(scope.get("http_version", "1.1"))
+    if version not in HTTP_VERSIONS:
+        raise ProtocolRefused(f"HTTP/{version} is not served: the API speaks HTTP/1.1",
+                              data={"http_version": f"HTTP/{version} not supported"})
+    offered = _header_values(scope, b"upgrade")
+    if offered:
+        names = ", ".join(v.decode("latin-1") for v in offered)
+        raise ProtocolRefused(f"Upgrade to {names} refused: the API speaks plain HTTP/1.1",
+                              data={"Upgrade": "not supported"})
+
+
+def _header_values(scope: Scope, name: bytes) -> list[bytes]:
+    """Every value of header `name` (lower case), in order: a repeated header stays visible."""
+    return [value for key, value in scope.get("headers", []) if key.lower() == name]
+
+
 def _params(scope: Scope, body: bytes) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if scope["method"] == "GET" and scope.get("query_string"):
-        try:
-            query = scope["query_string"].decode("ascii")
-            params.update(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidParameters("malformed query string") from None
-    if body.strip():
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-            raise InvalidParameters("request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InvalidParameters("request body must be a JSON object")
-        params.update(data)
-    return params
+    """The query parameters (GET only) and the JSON body's fields; a name given twice, in
+    either or across both, is refused: which value was meant would be a guess."""
+    query = _query_params(scope) if scope["method"] == "GET" else {}
+    data = _body_params(body)
+    both = sorted(query.keys() & data.keys())
+    if both:
+        raise InvalidParameters(f"parameters given in both the query string and the body: {both}",
+                                data={k: "given twice" for k in both})
+    return {**query, **data}
+
+
+def _query_params(scope: Scope) -> dict[str, Any]:
+    if not scope.get("query_string"):
+        return {}
+    try:
+        query = scope["query_string"].decode("ascii")
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidParameters("malformed query string") from None
+    return _unique(pairs, "the query string")
+
+
+def _body_params(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, object_pairs_hook=lambda pairs: _unique(pairs, "a JSON object"))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
+        raise InvalidParameters("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidParameters("request body must be a JSON object")
+    return data
+
+
+def _unique(pairs: Iterable[tuple[str, Any]], where: str) -> dict[str, Any]:
+    """`pairs` as a dict, refusing a key given twice: json.loads and parse_qsl would keep the
+    last one silently (json.loads calls this for every object, so nesting is covered)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidParameters(f"{key!r} given more than once in {where}",
+                                    data={key: "given more than once"})
+        result[key] = value
+    return result
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -176,7 +242,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: Any) -> None:
+async def _respond(send: Send, status: int, body: Any, close: bool = False) -> None:
     if isinstance(body, RawResponse):
         headers = [(b"content-type", body.content_type),
                    (b"content-length", str(len(body.body)).encode())]
@@ -190,10 +256,31 @@ async def _respond(send: Send, status: int, body: Any) -> None:
     ctype = b"application/problem+json" if status >= 400 else b"application/json"
     data = json.dumps(body).encode()
     headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
-    if status == 413:  # the rest of the body is not read: this connection cannot go on
+    if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """A server that negotiates WebSockets itself (stock hypercorn) hands the app a websocket
+    scope, and one left unanswered becomes a bare 500. Answer it as any upgrade: the 400
+    problem through the ASGI websocket HTTP-response extension, else a close before accept
+    (a bare 403). fusegw's own server never gets here: it does not negotiate WebSockets."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return  # the client went away
+    problem = ProtocolRefused("Upgrade to websocket refused: the API speaks plain HTTP/1.1",
+                              data={"Upgrade": "not supported"})
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return
+    data = json.dumps(problem.problem()).encode()
+    await send({"type": "websocket.http.response.start", "status": problem.status,
+                "headers": [(b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "websocket.http.response.body", "body": data})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -3,6 +3,10 @@
 We accept connections ourselves so that each one's SO_PEERCRED can be read and handed to the
 app (hypercorn's scope carries no peer address for Unix sockets), then let hypercorn's
 per-connection server speak HTTP on the stream.
+
+The API is plain HTTP/1.1, and only that: hypercorn's own ways out of it (an h2c upgrade, the
+HTTP/2 prior-knowledge preface, a WebSocket handshake) are taken out, so every such request
+reaches the app as an ordinary HTTP request, which refuses it with a problem+json 400.
 """
 
 from __future__ import annotations
@@ -16,12 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
+from hypercorn.protocol.events import Request
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
 
 from fusegw.control.app import ControlApp, Peer
 
@@ -59,6 +69,7 @@ def hypercorn_config() -> Config:
     config.keep_alive_timeout = 30
     config.read_timeout = 30  # a slow or half-closed client is dropped, never waited on
     config.h11_max_incomplete_size = 64 * 1024
+    config.alpn_protocols = ["http/1.1"]  # never h2, should a TLS listener ever come
     config.accesslog = None
     config.errorlog = logging.getLogger("fusegw.hypercorn")
     return config
@@ -131,9 +142,64 @@ async def _serve_connection(app: ControlApp, peer: Peer, config: Config,
         scope["extensions"] = {**scope.get("extensions", {}), "fusegw.peer": peer}
         await app(scope, receive, send)
 
-    server = TCPServer(ASGIWrapper(with_peer),  # type: ignore[arg-type]
-                       config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+    server = HTTP11Server(ASGIWrapper(with_peer),  # type: ignore[arg-type]
+                          config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
     try:
         await server.run()
     except Exception:
         log.exception("control connection failed")
+
+
+class HTTP11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol with its protocol switches taken out.
+
+    hypercorn answers an `Upgrade: h2c` request with 101 and goes on in HTTP/2, takes a
+    `PRI * HTTP/2.0` preface as HTTP/2, and makes a WebSocket handshake a websocket scope
+    (answered outside the app: a bare 500 or 400). None of these has a configuration switch,
+    so the two methods that decide them are replaced: every request stays an HTTP/1.1 request
+    for the app, whose refusal is then an ordinary problem+json answer.
+    """
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        """Never switch to HTTP/2: the app refuses the request (`Upgrade`, version 2.0)."""
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        """hypercorn's own, with the WebSocket branch removed: always an HTTP stream."""
+        self.stream = HTTPStream(self.app, self.config, self.context, self.task_group, self.ssl,
+                                 self.client, self.server, self.stream_send, STREAM_ID)
+        await self.stream.handle(Request(
+            stream_id=STREAM_ID,
+            headers=list(request.headers),
+            http_version=request.http_version.decode(),
+            method=request.method.decode("ascii").upper(),
+            raw_path=request.target,
+            state=self.connection_state,
+        ))
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+
+
+class HTTP11Server(TCPServer):
+    """hypercorn's per-connection server speaking only `HTTP11Protocol`.
+
+    Its own `run` builds a ProtocolWrapper, which swaps in HTTP/2 when the HTTP/1.1 protocol
+    asks for it; this one has no TLS (so no ALPN) and no wrapper, so nothing can switch.
+    """
+
+    async def run(self) -> None:
+        sock = self.stream.socket  # a plain SocketStream: no TLS here
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = HTTP11Protocol(  # type: ignore[assignment]
+                    self.app, self.config, self.context, task_group,
+                    ConnectionState(self.state), False, client, server, self.protocol_send)
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
