@@ -16,51 +16,20 @@ image. Needs root, btrfs-progs and loop devices.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopfs import make_loop_fs
 
 IMAGE_SIZE = "512M"
-
-
-def _run(*argv: str) -> str:
-    """Run a setup command; fail loudly with its stderr."""
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
-
-
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
 
 
 @contextlib.contextmanager
 def make_btrfs(workdir: Path, size: str = IMAGE_SIZE) -> Iterator[Path]:
     """Yield the mount point of a fresh, empty btrfs (quotas not enabled) under `workdir`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    image = workdir / "btrfs.img"
-    mountpoint = workdir / "mnt"
-    mountpoint.mkdir()
-    loopdev: str | None = None
-    try:
-        _run("truncate", "-s", size, str(image))
-        _run("mkfs.btrfs", "-q", str(image))
-        loopdev = _run("losetup", "--find", "--show", str(image)).strip()
-        _run("mount", "-t", "btrfs", loopdev, str(mountpoint))
+    with make_loop_fs(workdir, "btrfs", size) as mountpoint:
         yield mountpoint
-    finally:
-        if _is_mounted(mountpoint):
-            umount = subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
-            if umount.returncode != 0:
-                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True,
-                               check=False)
-        if loopdev:
-            subprocess.run(["losetup", "-d", loopdev], capture_output=True, check=False)
-        image.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import pytest
+from loopfs import make_loop_fs
 
 from fusegw.fs import numbers
 from fusegw.fs.guard import HANDLERS
@@ -154,15 +154,8 @@ def test_growth_bounds() -> None:
 @pytest.fixture
 def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
     """An ext4 with 64 inodes on a loop device, so a freed inode number is soon reused."""
-    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-N", "64", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
+    with make_loop_fs(tmp_path / "ext4", "ext4", "16M", "-N", "64", "-m", "0") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_reused_inode_number_carries_the_node_on(tiny_ext4: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Gateway, du_bytes, new_qsid, scope_hex, wait_for
+from loopfs import make_loop_fs
 
 MiB = 2**20
 IMAGE_SIZE = "48M"
@@ -31,38 +32,11 @@ FAILURE_CYCLES = 4  # failed snapshot attempts (0.5 s apart) the mount is watche
 # -- a small ext4 on a loop device -------------------------------------------------------------
 
 
-def _run(*argv: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
-
-
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 @contextlib.contextmanager
 def small_ext4(workdir: Path) -> Iterator[Path]:
     """A fresh ext4 of IMAGE_SIZE without reserved blocks, torn down even on failure."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    image, mountpoint = workdir / "ext4.img", workdir / "mnt"
-    mountpoint.mkdir()
-    loopdev: str | None = None
-    try:
-        _run("truncate", "-s", IMAGE_SIZE, str(image))
-        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", str(image))
-        loopdev = _run("losetup", "--find", "--show", str(image)).strip()
-        _run("mount", "-t", "ext4", loopdev, str(mountpoint))
-        yield mountpoint
-    finally:
-        if _is_mounted(mountpoint) and subprocess.run(["umount", str(mountpoint)],
-                                                      capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-        if loopdev:
-            subprocess.run(["losetup", "-d", loopdev], capture_output=True)
-        image.unlink(missing_ok=True)
+    with make_loop_fs(workdir, "ext4", IMAGE_SIZE, "-F", "-m", "0", "-b", "4096") as mnt:
+        yield mnt
 
 
 @pytest.fixture
