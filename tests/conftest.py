@@ -245,3 +245,16 @@ def run_as(uid: int, argv: list[str], gid: int | None = None, **kw: Any
     g = uid if gid is None else gid
     return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={g}", "--clear-groups", *argv],
                           capture_output=True, text=True, timeout=60, **kw)
+
+
+def fill_until_refused(path: Path, code: int) -> None:
+    """Append 4 KiB blocks to a new file at `path` until a write fails, with errno `code`
+    (EDQUOT at a scope's limit, ENOSPC on a full filesystem)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == code, e
+    finally:
+        os.close(fd)

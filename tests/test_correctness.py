@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 from btrfs_fixtures import make_btrfs
-from conftest import Gateway, du_bytes, inodes_below, new_qsid, run_as, scope_hex, wait_for
+from conftest import (
+    Gateway,
+    du_bytes,
+    fill_until_refused,
+    inodes_below,
+    new_qsid,
+    run_as,
+    scope_hex,
+    wait_for,
+)
 from test_posix import USER, VFolder, open_to_others, renameat2
 
 MiB = 2**20
@@ -249,18 +258,6 @@ def test_whiteout_rename_is_counted(gateway: Gateway) -> None:
 # -- 8. growth the ledger must admit ------------------------------------------------------------
 
 
-def fill_scope(vf: VFolder) -> None:
-    """Write the scope full: until a block-sized write is refused."""
-    fd = os.open(vf.mnt / "fill", os.O_CREAT | os.O_WRONLY | os.O_APPEND)
-    try:
-        while True:
-            os.write(fd, b"f" * 4096)
-    except OSError as e:
-        assert e.errno == errno.EDQUOT
-    finally:
-        os.close(fd)
-
-
 def settled_du(gw: Gateway, qsid: str) -> int:
     """du of the scope once everything is written back (ext4 allocates some blocks late)."""
     subprocess.run(["sync"], check=True)
@@ -293,7 +290,7 @@ def test_xattr_blocks_in_a_full_scope_are_refused(gateway: Gateway) -> None:
     files = [vf.mnt / f"x{i}" for i in range(200)]
     for p in files:
         p.touch()
-    fill_scope(vf)
+    fill_until_refused(vf.mnt / "fill", errno.EDQUOT)
     for p in files:
         expect_errno(errno.EDQUOT, os.setxattr, p, "user.big", b"v" * 3000)
     assert settled_du(gateway, qsid) <= limit

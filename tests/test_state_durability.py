@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fill_until_refused
 
 from fusegw.ids import QuotaScopeID
 from fusegw.layout import prepare_volume
@@ -85,17 +86,6 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def fill_up(directory: Path) -> None:
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-
-
 # -- the helper's durability ---------------------------------------------------------------------
 
 
@@ -126,7 +116,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tiny_fs: Path) 
     state.open()
     state.write("ledger.json", {"scopes": {"old": 1}})
     before = (tiny_fs / ".fusegw" / "ledger.json").read_bytes()
-    fill_up(tiny_fs)
+    fill_until_refused(tiny_fs / "filler", errno.ENOSPC)
     names = sorted(os.listdir(tiny_fs / ".fusegw"))
     with pytest.raises(OSError) as raised:
         state.write("ledger.json", {"scopes": {"new": "x" * 200_000}})
@@ -164,7 +154,7 @@ def test_lease_is_taken_and_renewed_in_place_on_a_full_filesystem(tiny_fs: Path)
     path = tiny_fs / ".fusegw" / LEASE_FILE
     assert path.exists(), "release keeps the file, to be rewritten by the next start"
     ino = path.stat().st_ino
-    fill_up(tiny_fs)
+    fill_until_refused(tiny_fs / "filler", errno.ENOSPC)
 
     lease = Lease(state)
     lease.acquire()
