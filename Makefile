@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev
+DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev \
+            libsystemd-dev systemd
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
