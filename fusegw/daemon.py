@@ -86,6 +86,9 @@ class Gateway:
         log.warning("scope directory was missing, recreated scope=%s", scope.qsid)
 
     def status(self) -> dict[str, Any]:
+        """`GET /`. `accounting` is "rebuilding" while scopes are rescanned after an unclean
+        stop (growth there waits), else "ready": what mountd and the node's status show."""
+        rebuilding = sorted(str(s.qsid) for s in self.ledger.scopes.values() if s.rebuilding)
         return {
             "version": __version__,
             "volume": self.settings.volume,
@@ -94,10 +97,11 @@ class Gateway:
             "mountpoint": str(self.settings.mountpoint),
             "pid": os.getpid(),
             "started_at": self.started,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "accounting": "rebuilding" if rebuilding else "ready",
             "scopes": len(self.ledger.scopes),
             "inodes_cached": len(self.ops.inodes) if self.ops else 0,
-            "rebuilding": sorted(str(s.qsid) for s in self.ledger.scopes.values()
-                                 if s.rebuilding),
+            "rebuilding": rebuilding,
             "waiting_for_rebuild": sum(s.waiting for s in self.ledger.scopes.values()),
             "rebuilds": self.ledger.rebuilds,
             "scans": dict(self.ledger.scans),
