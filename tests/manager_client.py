@@ -198,18 +198,23 @@ def ensure_manager_venv() -> Path:
         # a broken or other-version env: --clear empties it (made here, by this helper)
         broken = VENV.exists() and _version_of(str(PYTHON)) != PY_VERSION
         venv_args = ["--clear"] if broken else []
-        VENV.mkdir(exist_ok=True)
+        venv = subprocess.run([python, "-m", "venv", *venv_args, str(VENV)],
+                              capture_output=True, text=True, timeout=300)
+        if venv.returncode != 0:
+            raise ManagerVenvError(
+                f"{python} -m venv {VENV} failed (on Debian: apt-get install python3-venv):\n"
+                f"{venv.stdout}{venv.stderr}")
         log_path = VENV / "install.log"
-        with open(log_path, "a") as log, tempfile.NamedTemporaryFile(
+        with open(log_path, "w") as log, tempfile.NamedTemporaryFile(
                 "w", prefix="manager-constraints-", suffix=".txt") as constraints:
             constraints.write(CONSTRAINTS)
             constraints.flush()
             try:
-                _run([python, "-m", "venv", *venv_args, str(VENV)], log, 300)
                 _run([str(PYTHON), "-m", "pip", "install", "--quiet", "--no-input",
                       "-c", constraints.name, REQUIREMENT], log, INSTALL_TIMEOUT)
                 _run([str(PYTHON), "-c", "import ai.backend.manager.models.storage"], log, 120)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                log.flush()
                 tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
                 raise ManagerVenvError(
                     f"installing {REQUIREMENT} into {VENV} failed ({e}); "
