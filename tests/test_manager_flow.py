@@ -229,7 +229,7 @@ class Flow:
 def run_flow(flows: list[Flow]) -> None:
     """The manager's flow on every volume at once: each step on each volume, and after each
     step every volume's figures (so one volume's change never shows in another's)."""
-    limits = {id(f): f.limit for f in flows}
+    limits: dict[int, int | None] = {id(f): f.limit for f in flows}
 
     def check_all() -> dict[int, dict[str, int]]:
         return {id(f): f.figures(limits[id(f)]) for f in flows}
@@ -277,7 +277,7 @@ def run_flow(flows: list[Flow]) -> None:
     for f in flows:
         # UnsetQuotaScope: no limit at all, writes go on
         f.drv.call("unset_quota_scope", host=f.vol.host, qsid=f.qsid)
-        limits[id(f)] = None  # type: ignore[assignment]
+        limits[id(f)] = None
         f.write("unlimited", 512 * KiB)
     check_all()
 
