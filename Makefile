@@ -7,12 +7,23 @@ DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc pyth
             libsystemd-dev systemd
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
+# Where install makes fusegw reachable by the system (scripts/install-system.sh says why these);
+# override them to install elsewhere, e.g. `make install SBINDIR=/tmp/x/sbin UNITDIR=...`.
+SBINDIR ?= /usr/local/sbin
+UNITDIR ?= /usr/local/lib/systemd/system
+TMPFILESDIR ?= /usr/local/lib/tmpfiles.d
+SYSTEM_DIRS = BIN=$(CURDIR)/$(BIN) SBINDIR=$(SBINDIR) UNITDIR=$(UNITDIR) TMPFILESDIR=$(TMPFILESDIR)
 
-.PHONY: install run test lint bench clean
+.PHONY: install uninstall run test lint bench clean
 
-install: $(STAMP_DEB) $(STAMP_PY)  ## idempotent: Debian packages + .venv with the project
+install: $(STAMP_DEB) $(STAMP_PY)  ## idempotent: Debian packages, .venv, links and units
+	@$(SYSTEM_DIRS) scripts/install-system.sh install
 
-$(STAMP_DEB):
+uninstall:  ## removes what install put outside the tree (not the packages, not .venv)
+	@$(SYSTEM_DIRS) scripts/install-system.sh uninstall
+
+# The Makefile is a prerequisite: a package added to DEB_PKGS reaches machines with a .venv.
+$(STAMP_DEB): Makefile
 	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
@@ -40,5 +51,5 @@ lint: install
 bench: install
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
-clean:
+clean: uninstall  # no links left pointing into a removed .venv
 	-rm -rf $(VENV) var
