@@ -23,7 +23,9 @@ vfolder).
 - `test_manager_flow_node_two_volumes`: `fusegw-mountd --config FILE` with two volumes, the
   manager talking to the node endpoint's TCP listener only (one proxy, hosts `node:NAME`),
   the same user's quota scope on both volumes with different limits, each volume's figures
-  untouched by the other's. Skipped, saying so, while `fusegw-mountd` is the stub.
+  untouched by the other's; an unknown volume through the node is a 404.
+- `test_manager_wrong_secret_is_refused`: a manager with another secret gets 403 and
+  changes nothing (also through the node, in the test above).
 - `test_issue11_*` (xfail, each naming what is missing): what the manager does with a storage
   proxy that the gateway does not answer yet; they pass once issue 11 is done.
 """
@@ -430,12 +432,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         end = time.monotonic() + 60
         while not _node_ready(port, vols):
             if proc.poll() is not None:
-                text = stderr.read_text()
-                if "not built yet" in text:
-                    pytest.skip("fusegw-mountd is still the stub (mountd/main.py prints 'not "
-                                "built yet'): this test waits for issue 10's node endpoint, "
-                                "fusegw-mountd --config FILE serving [control] tcp_listen with "
-                                "the token and routing requests by their volume field")
                 raise AssertionError("fusegw-mountd exited before its node endpoint answered\n"
                                      + nd.diagnostics())
             if time.monotonic() > end:
@@ -468,7 +464,7 @@ def test_manager_flow_node_two_volumes(manager_python: Path, node: Node) -> None
     mount points; the same user's quota scope gets a 1 MiB limit on vola and 2 MiB on volb;
     on each, in turn: write, EDQUOT at its own limit, raise, write more, lift, delete; every
     figure equals du -s -B1 of that volume's backing directory, and no step on one volume
-    changes a figure of the other."""
+    changes a figure of the other. An unknown volume is 404; another secret is 403."""
     volumes = volumes_config({"node": (f"http://127.0.0.1:{node.port}", TOKEN)}, "node:vola")
     with manager_driver(node.logs.parent / "manager-driver-node.log", volumes) as drv:
         listed = drv.call("get_all_volumes")
@@ -486,6 +482,18 @@ def test_manager_flow_node_two_volumes(manager_python: Path, node: Node) -> None
         err = drv.error("folder_usage", host="node:nosuch", vfid=flows[0].vfid)
         assert err["type"] == "InvalidAPIParameters", err
         assert err["extra_data"]["status"] == 404, err
+        # a manager with another secret: 403 from the node, nothing created on either volume
+        bad = volumes_config({"node": (f"http://127.0.0.1:{node.port}", TOKEN + "x")},
+                             "node:vola")
+        drv.call("configure", manager="wrong", volumes=bad)
+        err = drv.error("get_all_volumes", manager="wrong")
+        assert err["type"] == "ClientResponseError" and err["status"] == 403, err
+        other = new_qsid()
+        for vol in node.volumes.values():
+            err = drv.error("create_vfolder", manager="wrong", host=vol.host,
+                            vfid=f"{other}/{uuid.uuid4().hex}", max_vfolder_size=MiB)
+            assert err["extra_data"]["status"] == 403, err
+            assert not (vol.source / scope_hex(other)).exists()
 
 
 # -- issue 11: what the manager does that the gateway does not answer yet ------------------------
