@@ -92,6 +92,12 @@ class Launcher:
         write_atomic(path, spec.config_text().encode(), 0o600)
         return path
 
+    def forget(self, spec: VolumeSpec) -> None:
+        """Remove the gateway's configuration file once it is stopped (it may hold vendor
+        credentials; a start writes it again)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.runtime_dir / f"{spec.name}.toml")
+
     async def spawn(self, spec: VolumeSpec) -> tuple[trio.Process, int]:
         """Start the gateway; returns it and the log's size before it, so what it writes at
         start (a refusal) can be told from older lines."""
@@ -175,6 +181,18 @@ def is_gateway(pid: int) -> bool:
     except psutil.Error:
         return False
     return "fusegw" in argv and "mount" in argv
+
+
+def supervisor_of(pid: int) -> int | None:
+    """The live fusegw-mountd whose child `pid` is, if any (an orphan's parent is init)."""
+    try:
+        parent = psutil.Process(pid).parent()
+        argv = parent.cmdline() if parent is not None else []
+    except psutil.Error:
+        return None
+    if parent is not None and any("fusegw-mountd" in a or a == "mountd.main" for a in argv):
+        return int(parent.pid)
+    return None
 
 
 async def supports_clear_dead(python: str = sys.executable) -> bool:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         refusal = _refusal(e)
         if refusal is None:
             raise
-        print(f"fusegw-mountd: {refusal}", file=sys.stderr)
+        print(f"fusegw-mountd: {_one_line(refusal)}", file=sys.stderr)
         return EXIT_REFUSED
 
 
@@ -69,6 +69,13 @@ def _refusal(error: BaseException) -> BaseException | None:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error if isinstance(error, (MountdError, OSError)) else None
+
+
+def _one_line(error: BaseException) -> str:
+    """An OSError as its message and file, without Python's `[Errno N]` prefix."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
 
 
 async def _run(config_path: Path, config: NodeConfig) -> int:

@@ -33,6 +33,7 @@ from mountd.gateway import (
     exit_cause,
     is_gateway,
     refusal,
+    supervisor_of,
     terminate,
 )
 
@@ -128,7 +129,10 @@ class VolumeSupervisor:
     async def _start(self) -> trio.Process | None:
         """Start a gateway and wait until it serves; None (and the failure recorded) if not."""
         s = self.settings()
-        await self._end_stray(s)
+        taken = await self._end_stray(s)
+        if taken is not None:
+            self._failed(taken, None)
+            return None
         if not self.launcher.clear_dead:
             await mounts.clear_if_dead(self.spec.mountpoint, s.health_timeout)
         self.proc = None
@@ -148,22 +152,29 @@ class VolumeSupervisor:
         self._serving(proc)
         return proc
 
-    async def _end_stray(self, s: MountdConfig) -> None:
+    async def _end_stray(self, s: MountdConfig) -> str | None:
         """A gateway still answering on this volume's socket that this mountd did not start
-        (its predecessor was killed outside systemd) would make every start fail: the mount
-        point and the socket are taken. It is stopped cleanly, and ours takes over."""
+        (its mountd was killed outside systemd) would make every start fail: the mount point
+        and the socket are taken. It is stopped cleanly, and ours takes over. One that another
+        live mountd runs is left alone: the reason is returned, and this start fails."""
         if not self.spec.control_socket.exists():
-            return
+            return None
         with trio.move_on_after(s.health_timeout):
             try:
                 pid = (await self._health.get("/")).json().get("pid")
             except (httpx.HTTPError, OSError, ValueError, AttributeError):
-                return
-            if isinstance(pid, int) and pid != os.getpid() and is_gateway(pid):
-                log.warning("stopping a gateway this mountd did not start volume=%s pid=%d",
-                            self.name, pid)
-                await end_stray(pid, STOP_GRACE)
-                await self._clear_mount()
+                return None
+            if not isinstance(pid, int) or not is_gateway(pid):
+                return None
+            owner = supervisor_of(pid)
+            if owner is not None and owner != os.getpid():
+                return (f"the volume is served by gateway pid {pid} of another "
+                        f"fusegw-mountd (pid {owner})")
+            log.warning("stopping a gateway this mountd did not start volume=%s pid=%d",
+                        self.name, pid)
+            await end_stray(pid, STOP_GRACE)
+            await self._clear_mount()
+        return None
 
     async def _until_serving(self, proc: trio.Process, s: MountdConfig) -> str | None:
         """None once the mount and the socket answer; else why it never did."""
@@ -233,6 +244,7 @@ class VolumeSupervisor:
                 log.info("stopping gateway volume=%s pid=%d", self.name, proc.pid)
                 await terminate(proc, STOP_GRACE)
             await self._clear_mount()
+            self.launcher.forget(self.spec)
             for client in (self._health, self.client):
                 await client.aclose()
         finally:

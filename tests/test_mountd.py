@@ -147,6 +147,7 @@ class Mountd:
     seen_pids: set[int] = field(default_factory=set)
     made: list[Path] = field(default_factory=list)  # directories outside `base`, removed
     tcp_port: int | None = None  # the node endpoint's TCP listener (token TOKEN)
+    health_timeout: float = 2.0  # SIGSTOP is noticed within health_interval + this
 
     @property
     def config(self) -> Path:
@@ -185,7 +186,7 @@ class Mountd:
                           f"auth_token = {toml_str(TOKEN)}"]
             lines += ["",
                       "[mountd]", f"log_dir = {toml_str(self.base / 'logs')}",
-                      "health_interval = 0.5", "health_timeout = 2.0",
+                      "health_interval = 0.5", f"health_timeout = {self.health_timeout}",
                       "restart_backoff_max = 8.0", ""]
             text = "\n".join(lines)
         tmp = self.config.with_suffix(".tmp")
@@ -314,9 +315,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_mountd(base: Path, names: list[str], broken: list[str] | None = None,
-                   notify: bool = False, tcp: bool = False) -> Iterator[Mountd]:
+                   notify: bool = False, tcp: bool = False, health_timeout: float = 2.0
+                   ) -> Iterator[Mountd]:
     base.chmod(0o755)
-    m = Mountd(base, {}, tcp_port=free_port() if tcp else None)
+    m = Mountd(base, {}, tcp_port=free_port() if tcp else None, health_timeout=health_timeout)
     try:
         vols = [m.vol(n) for n in names] + [m.vol(n, private=False) for n in broken or []]
         m.write_config(vols)
@@ -341,8 +343,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mountd]:
 
 @pytest.fixture
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mountd]:
-    """A mountd of the test's own with volumes `x` and `y`."""
-    with running_mountd(tmp_path_factory.mktemp("mountd"), ["x", "y"]) as m:
+    """A mountd of the test's own with volumes `x` and `y` (a generous health timeout: these
+    tests compare pids, a busy machine must not make a gateway look hung)."""
+    with running_mountd(tmp_path_factory.mktemp("mountd"), ["x", "y"],
+                        health_timeout=10.0) as m:
         yield m
 
 
@@ -435,6 +439,10 @@ def test_tcp_listener_routes_with_the_token_only(node: Mountd) -> None:
         listening = [conn for conn in psutil.Process(pid).net_connections("tcp")
                      if conn.status == psutil.CONN_LISTEN]
         assert listening == [], (name, listening)
+        own = node.base / "mountd" / f"{name}.toml"  # the gateway's file: its table only
+        assert own.stat().st_mode & 0o777 == 0o600
+        text = own.read_text()
+        assert "tcp_listen" not in text and TOKEN not in text and f"[volume.{name}]" in text
 
 
 @pytest.mark.parametrize(("raw", "field"), [
@@ -696,6 +704,35 @@ def test_a_killed_mountd_is_succeeded_by_the_next(fresh: Mountd) -> None:
     assert "did not start" in m.log.read_text()
 
 
+def test_a_second_mountd_leaves_the_first_ones_volume_alone(
+        fresh: Mountd, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second mountd configured with a volume the first one serves does not take it over:
+    the volume is "restarting" there, naming the other mountd; stopping it unmounts nothing."""
+    first = fresh
+    x_pid = first.serving("x")["pid"]
+    second = Mountd(tmp_path_factory.mktemp("second"), {}, health_timeout=10.0)
+    second.base.chmod(0o755)
+    try:
+        second.write_config([first.vols["x"]])
+        second.start()
+        wait_for(lambda: _problem(second, "x"), 30, "the second mountd's verdict on x")
+        assert "another fusegw-mountd (pid" in _problem(second, "x")
+        assert second.proc is not None
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(45) == 0
+    finally:
+        second.stop()
+    assert first.serving("x")["pid"] == x_pid and is_mounted(first.vols["x"].mountpoint)
+
+
+def _problem(m: Mountd, name: str) -> str:
+    try:
+        v = m.volume(name)
+    except httpx.HTTPError:
+        return ""
+    return str(v.get("problem") or "") if v else ""
+
+
 def test_sigterm_unmounts_everything_and_exits_0(fresh: Mountd) -> None:
     """SIGTERM with a file held open in a mount: every gateway stops, nothing stays mounted,
     the node socket goes, mountd exits 0."""
@@ -715,4 +752,5 @@ def test_sigterm_unmounts_everything_and_exits_0(fresh: Mountd) -> None:
     assert not any(is_mounted(v.mountpoint) for v in m.vols.values())
     assert not any(_alive(p) for p in pids)
     assert not m.node_socket.exists()
+    assert list((m.base / "mountd").glob("*.toml")) == []  # the gateways' own files
     assert "stopping gateway" in m.log.read_text()
