@@ -61,6 +61,9 @@ class VolumeSpec:
         """The gateway's own configuration file."""
         table = {"backend": self.table.backend, "path": str(self.source),
                  "mountpoint": str(self.mountpoint), "options": dict(self.table.options)}
+        fsprefix = getattr(self.table, "fsprefix", None)  # the storage proxy's key, if known
+        if fsprefix is not None:
+            table["fsprefix"] = str(fsprefix)
         return tomlw.dumps({"control": {"admin_group": self.admin_group},
                             "volume": {self.name: table}})
 

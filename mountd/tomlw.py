@@ -14,15 +14,16 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def dumps(data: Mapping[str, Any]) -> str:
-    """`data` as TOML (None values left out: TOML has no null); ValueError if it would not
-    read back the same."""
-    clean = _without_none(data)
+    """`data` as TOML (None values left out: TOML has no null; paths as strings); ValueError
+    if it would not read back the same."""
+    clean = _plain(data)
     lines: list[str] = []
     _table(clean, [], lines)
     text = "\n".join(lines) + "\n"
@@ -31,11 +32,13 @@ def dumps(data: Mapping[str, Any]) -> str:
     return text
 
 
-def _without_none(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _without_none(v) for k, v in value.items() if v is not None}
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_without_none(v) for v in value if v is not None]
+        return [_plain(v) for v in value if v is not None]
+    if isinstance(value, PurePath):
+        return str(value)
     return value
 
 
