@@ -70,6 +70,10 @@ class QuotaBackend(abc.ABC):
     enforces_bytes: ClassVar[bool] = False
     enforces_inodes: ClassVar[bool] = False
     capabilities: ClassVar[frozenset[str]] = frozenset({"vfolder", "quota"})
+    option_keys: ClassVar[frozenset[str]] = frozenset()
+    """The keys of the volume's `[volume.NAME.options]` this backend reads (besides the
+    gateway's own): the configuration refuses any other key, naming it, so a misspelt option
+    is an error at start-up instead of a default silently used."""
 
     def __init__(self, volume: Path, options: Mapping[str, Any] | None = None) -> None:
         self.volume = volume

@@ -83,6 +83,7 @@ class BtrfsBackend(QuotaBackend):
     enforces_bytes = True
     enforces_inodes = False
     capabilities = frozenset({"vfolder", "quota", "fast-size"})
+    option_keys = frozenset({"sync_on_describe", "rescan_timeout"})
 
     def __init__(self, volume: Path, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(volume, options)

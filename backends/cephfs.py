@@ -111,6 +111,7 @@ class CephFSBackend(QuotaBackend):
     name = "cephfs"
     enforces_bytes = True
     enforces_inodes = True
+    option_keys = frozenset({"emulated"})
 
     def __init__(self, volume: Path, options: Mapping[str, Any] | None = None, *,
                  xattrs: XattrAccess | None = None) -> None:

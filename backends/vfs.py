@@ -32,3 +32,7 @@ class PureStorageBackend(VFSBackend):
     and the gateway as the enforcer, exactly as `vfs`."""
 
     name = "purestorage"
+    # The storage proxy's FlashBlade keys (its REST API and RapidFile Tools): accepted so that
+    # a storage-proxy.toml works as it is, and unused until the vendor API is.
+    option_keys = frozenset({"purity_endpoint", "purity_api_token", "purity_api_version",
+                             "purity_fs_name", "purity_ssl_verify"})

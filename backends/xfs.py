@@ -389,6 +389,8 @@ class XFSBackend(QuotaBackend):
     name = "xfs"
     enforces_bytes = True
     enforces_inodes = True
+    option_keys = frozenset({"mountpoint", "projid_file", "projects_file", "lock_file",
+                             "min_project_id", "xfs_quota", "setup_timeout"})
 
     def __init__(self, volume: Path, options: Mapping[str, Any] | None = None, *,
                  run: CommandRunner | None = None) -> None:

@@ -280,11 +280,25 @@ def run_gateway(settings: MountSettings, ready: Callable[[], None]) -> None:
     # everything the daemon itself creates names its mode, and commands run with 022.
     os.umask(0)
     try:
-        trio.run(Gateway(settings).run, ready)
+        gateway = Gateway(settings)
+    except ValueError as e:  # get_backend: an unknown backend, should preflight be bypassed
+        raise StartupError(str(e)) from None
+    try:
+        trio.run(gateway.run, ready)
     except GatewayError as e:
         raise StartupError(e.detail) from None
     except BackendError as e:
         raise StartupError(f"backend {settings.backend}: {e}") from None
+    except RuntimeError as e:
+        if "fuse_session" not in str(e):
+            raise
+        # pyfuse3.init: libfuse refused the options or the mount; it says why on stderr. The
+        # control socket was bound just before: ours, and serving nothing.
+        if settings.control_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(settings.control_socket)
+        raise StartupError(f"FUSE could not mount {settings.mountpoint} ({e}); libfuse's "
+                           "reason is the line before this in the log") from None
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
             raise StartupError(str(e)) from None

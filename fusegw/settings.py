@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
 import pwd
+import re
 import stat
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_SOCKET_DIR = Path("/run/fusegw")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STATFS_TIMEOUT = 2.0
+"""Seconds a live FUSE mount gets to answer statfs before it counts as hung, not dead."""
+NEW_VOLUME_LITTER = frozenset({"lost+found"})
+"""Entries a directory may hold and still be a new, empty volume: mkfs's, on a filesystem's
+root."""
+
+log = logging.getLogger("fusegw")
 
 
 class StartupError(Exception):
@@ -38,6 +50,9 @@ class MountSettings:
     tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
     auth_token: str | None = None
     allow_exposed_source: bool = False  # serve a SOURCE users can reach directly (warned)
+    allow_nonempty_mountpoint: bool = False  # mount over files (they are hidden meanwhile)
+    adopt_nonempty: bool = False  # serve a non-empty directory that is no volume yet
+    clear_dead: bool = False  # lazily unmount a dead fusegw mount at MOUNTPOINT first
 
     def __post_init__(self) -> None:
         # Absolute from the start: the background daemon runs in /, not in the caller's cwd.
@@ -132,28 +147,44 @@ def _group(gid: int) -> str:
         return str(gid)
 
 
-def preflight(s: MountSettings) -> None:
-    """Refuse early, in one line, what would otherwise fail obscurely inside libfuse."""
-    if not s.source.exists():
-        raise StartupError(f"source {s.source} does not exist")
-    if not s.source.is_dir():
-        raise StartupError(f"source {s.source} is not a directory")
+def group_id(name: str) -> int:
+    """The gid of group `name`; the refusal names the `groupadd` that creates it."""
     try:
-        os.stat(s.mountpoint)
-    except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            raise StartupError(
-                f"mount point {s.mountpoint} is a dead FUSE mount (its gateway died); "
-                f"clear it with: fusermount3 -u -z {s.mountpoint}") from None
-    if not s.mountpoint.exists():
-        raise StartupError(f"mount point {s.mountpoint} does not exist")
-    if not s.mountpoint.is_dir():
-        raise StartupError(f"mount point {s.mountpoint} is not a directory")
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StartupError(f"admin group {name!r} does not exist: create it with "
+                           f"`groupadd {name}` (members may use the control socket), or name "
+                           "another with --admin-group or [control] admin_group") from None
+
+
+def log_level(name: str) -> str:
+    """A logging level by name, refused in one line before anything starts."""
+    if name.upper() not in LOG_LEVELS:
+        raise StartupError(f"unknown log level {name!r}: use one of {', '.join(LOG_LEVELS)}")
+    return name.upper()
+
+
+def check_backend(name: str) -> None:
+    """A backend fusegw has; imported here, not at the top: backends bring trio along, and
+    every admin command imports this module."""
+    from backends.registry import BACKENDS
+
+    if name not in BACKENDS:
+        raise StartupError(f"unknown backend {name!r}: use one of {', '.join(sorted(BACKENDS))} "
+                           "(--backend, -o backend= or the volume's backend)")
+
+
+def preflight(s: MountSettings) -> None:
+    """Refuse early, in one line, what would otherwise fail obscurely inside libfuse, or
+    change a directory nobody meant to give the gateway. Everything is checked before the
+    one change a check may make (--clear-dead's unmount)."""
+    _check_source(s)
+    check_backend(s.backend)
+    if s.admin_group and not s.admin_group.isdigit():
+        group_id(s.admin_group)
     if s.tcp_listen and not s.auth_token:
         raise StartupError("a TCP listener needs an auth token (FUSEGW_AUTH_TOKEN or "
                            "[control] auth_token in the config)")
-    if os.path.ismount(s.mountpoint):
-        raise StartupError(f"mount point {s.mountpoint} is busy (already a mount point)")
     if s.mountpoint == s.source or s.source in s.mountpoint.parents:
         raise StartupError(f"mount point {s.mountpoint} lies inside source {s.source}")
     exposure = source_exposure(s.source)
@@ -165,5 +196,162 @@ def preflight(s: MountSettings) -> None:
         raise StartupError("/dev/fuse is missing (is the fuse module loaded?)") from None
     except OSError as e:
         raise StartupError(f"/dev/fuse cannot be opened: {e.strerror}") from None
+    if not s.adopt_nonempty:
+        _check_new_volume(s.source)
+    _check_mountpoint(s)
 
 
+def _check_source(s: MountSettings) -> None:
+    if not s.source.exists():
+        raise StartupError(f"source {s.source} does not exist")
+    if not s.source.is_dir():
+        raise StartupError(f"source {s.source} is not a directory")
+
+
+def _check_new_volume(source: Path) -> None:
+    """A directory that is neither a volume (version.txt, .fusegw/) nor empty is somebody's
+    data: serving it as a new volume writes both into it, so that takes adopt_nonempty.
+    A flat version-2 volume is left to the layout check, which names `fusegw migrate`."""
+    from fusegw.layout import STATE_DIR, VERSION_FILE, _has_v2_vfolders
+
+    names = set(os.listdir(source)) - NEW_VOLUME_LITTER
+    if not names or VERSION_FILE in names or STATE_DIR in names or _has_v2_vfolders(source):
+        return
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    raise StartupError(
+        f"source {source} is not empty ({shown}) but holds no version.txt and no .fusegw/, so "
+        "it is no volume yet, and serving it would write both into it: use an empty "
+        "directory, or adopt it with -o adopt_nonempty (--adopt-nonempty)")
+
+
+# -- the mount point ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    mountpoint: Path
+    fstype: str
+    source: str
+
+    @property
+    def is_fusegw(self) -> bool:
+        return self.fstype == "fuse.fusegw"
+
+
+def _unescape(field_: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (`\\040`)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
+
+
+def mount_at(path: Path) -> MountEntry | None:
+    """The topmost mount at `path` (resolved), read from the kernel's table: no syscall
+    reaches the mounted filesystem, so a dead or hung FUSE mount cannot stall this."""
+    where = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            rest = fields[fields.index("-") + 1:]
+            if _unescape(fields[4]) == where:
+                found = MountEntry(Path(where), rest[0], _unescape(rest[1]))
+    return found
+
+
+def fuse_answers(path: Path, timeout: float = STATFS_TIMEOUT) -> bool | None:
+    """True if the FUSE daemon behind `path` answers, False if its connection is gone, None
+    if it does not answer in time (alive but stopped or stuck).
+
+    statfs, because the kernel never caches its answer: every statvfs is a request, so a
+    dead connection says ENOTCONN at once, while stat answers from the attributes the kernel
+    cached (for cache_timeout, 60 s) as if the mount were alive. In a thread: a stopped
+    daemon would hold the call forever."""
+    outcome: list[OSError | None] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+        except OSError as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=probe, name="statfs-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return None
+    error = outcome[0]
+    return error is None or error.errno not in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def dead_mount_refusal(mountpoint: Path, entry: MountEntry) -> str:
+    fix = f"fusermount3 -u -z {mountpoint}"
+    if entry.is_fusegw:
+        fix += ", or mount with --clear-dead (-o clear_dead)"
+    return (f"mount point {mountpoint} is a dead FUSE mount ({entry.fstype} {entry.source}: "
+            f"its daemon died); clear it with: {fix}")
+
+
+def clear_dead_mount(mountpoint: Path) -> None:
+    """Lazily unmount a dead mount: fusermount3 -u -z, else umount -l. Lazy, because
+    processes (containers' bind mounts) may still hold it; they keep the dead mount, the
+    path gets the new one."""
+    errors = []
+    for argv in (["fusermount3", "-u", "-z", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors.append(f"{argv[0]}: {e}")
+            continue
+        entry = mount_at(mountpoint)
+        if entry is None or fuse_answers(mountpoint) is not False:
+            log.warning("cleared the dead FUSE mount at %s (%s)", mountpoint, " ".join(argv[:-1]))
+            return
+        errors.append(f"{argv[0]}: {done.stderr.strip() or f'exit status {done.returncode}'}")
+    raise StartupError(f"cannot clear the dead FUSE mount at {mountpoint}: {'; '.join(errors)}")
+
+
+def _check_mountpoint(s: MountSettings) -> None:
+    """A mount there already: live (busy), hung (busy, says so), or dead (refused naming the
+    fix, or cleared with clear_dead when it is fusegw's). Then: there, a directory, empty."""
+    entry = mount_at(s.mountpoint)
+    if entry is not None and entry.fstype.startswith("fuse"):
+        answers = fuse_answers(s.mountpoint)
+        if answers is False:
+            if not (s.clear_dead and entry.is_fusegw):
+                raise StartupError(dead_mount_refusal(s.mountpoint, entry))
+            clear_dead_mount(s.mountpoint)
+            entry = mount_at(s.mountpoint)
+        elif answers is None:
+            raise StartupError(f"mount point {s.mountpoint} is busy (already a mount point: "
+                               f"{entry.fstype} {entry.source}, whose daemon does not answer)")
+    if entry is not None:
+        raise StartupError(f"mount point {s.mountpoint} is busy (already a mount point: "
+                           f"{entry.fstype} {entry.source})")
+    try:
+        os.stat(s.mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:  # below a dead mount, not at it
+            raise StartupError(f"mount point {s.mountpoint} lies in a dead FUSE mount; clear "
+                               "that with: fusermount3 -u -z MOUNTPOINT_OF_IT") from None
+    if not s.mountpoint.exists():
+        raise StartupError(f"mount point {s.mountpoint} does not exist")
+    if not s.mountpoint.is_dir():
+        raise StartupError(f"mount point {s.mountpoint} is not a directory")
+    if not s.allow_nonempty_mountpoint:
+        _check_empty_mountpoint(s.mountpoint)
+
+
+def _check_empty_mountpoint(mountpoint: Path) -> None:
+    """Files under a mount point are hidden while the gateway serves: usually a mistake
+    (the volume's own directory, a wrong path), so that takes allow_nonempty_mountpoint."""
+    names = sorted(os.listdir(mountpoint))
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise StartupError(
+            f"mount point {mountpoint} is not empty ({shown}); the mount would hide that: "
+            "empty it, or mount anyway with -o allow_nonempty_mountpoint "
+            "(--allow-nonempty-mountpoint)")

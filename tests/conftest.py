@@ -162,6 +162,14 @@ class Gateway:
         self._force_unmount()
         self.pid = None
 
+    def kill9_leaving_dead_mount(self) -> None:
+        """SIGKILL, as a crash, and leave the dead FUSE mount where it is (the kernel may go
+        on answering stat of it from cached attributes). stop() clears it (lazily)."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: not self.alive(), 15, "gateway death")
+        self.pid = None
+
     def _force_unmount(self) -> None:
         if is_mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],

@@ -130,15 +130,16 @@ def test_empty_fusegw_directory_in_cwd_does_not_break_the_mount(
     assert gw.log.is_file()
 
 
-def test_relative_config_and_its_relative_paths_are_the_callers(
+def test_relative_config_is_the_callers_and_its_paths_the_files(
         layout: tuple[Gateway, Path]) -> None:
-    """`--config ../vol.toml` whose table names SOURCE and the socket by paths relative to
-    the caller's cwd: the daemon in / serves that table (its name, its socket)."""
+    """`--config ../vol.toml` (relative to the caller's cwd) whose table names SOURCE and the
+    socket by paths relative to the file's directory, as the storage proxy reads its file:
+    the daemon in / serves that table (its name, its socket)."""
     gw, caller = layout
     gw.volume = "cfg"
     (caller.parent / "vol.toml").write_text(
-        '[volume.cfg]\npath = "../private/vol"\n'
-        '[volume.cfg.options]\ncontrol_socket = "../vol.sock"\n')
+        '[volume.cfg]\npath = "private/vol"\n'
+        '[volume.cfg.options]\ncontrol_socket = "vol.sock"\n')
     proc = cli_mount(caller, "../private/vol", "../vol.mnt", "--config", "../vol.toml",
                      "--log-file", "../vol.log")
     assert proc.returncode == 0, proc.stderr + gw.read_log()

@@ -6,16 +6,16 @@ import argparse
 import os
 import sys
 
-from fusegw.cli import migrate, mount, quota, status, vfolder
+from fusegw.cli import checkconfig, migrate, mount, quota, status, vfolder
 
-COMMANDS = ("mount", "quota", "vfolder", "status", "migrate")
+COMMANDS = ("mount", "quota", "vfolder", "status", "migrate", "check-config")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusegw", description="FUSE quota gateway for the shared storage of AI clusters.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (mount, quota, vfolder, status, migrate):
+    for module in (mount, quota, vfolder, status, migrate, checkconfig):
         module.register(sub)
     return parser
 

@@ -5,22 +5,45 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import subprocess
 import sys
-import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusegw import logs
-from fusegw.settings import MountSettings, StartupError, preflight, source_exposure
+from fusegw.settings import MountSettings, StartupError, log_level, preflight, source_exposure
+
+if TYPE_CHECKING:  # imported when used: pydantic and the backends (trio) cost every command
+    from fusegw.config import NodeConfig, VolumeConfig
 
 DEFAULT_CONFIG = "/etc/fusegw/fusegw.toml"
-# Options mount(8)/mount.fuse3 pass that are not FUSE session options.
-IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "auto", "noauto", "user", "nouser",
-                         "defaults", "_netdev", "nofail", "async"}
+# Options mount(8) and mount.fuse3 pass that mean nothing to a FUSE session (fstab's own, and
+# the defaults: `dev` and `suid` are dropped too, so the mount is always nodev,nosuid), and
+# the two fusegw always sets.
+IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "async", "auto", "noauto", "user",
+                         "nouser", "users", "owner", "group", "defaults", "_netdev", "nofail",
+                         "allow_other", "default_permissions"}
+IGNORED_PREFIXES = ("x-", "X-", "comment=")
+# What fusegw hands to FUSE: the mount flags and options libfuse 3.14 accepts (lib/mount.c
+# fuse_mount_opts, lib/fuse_lowlevel.c fuse_ll_opts) that make sense for this filesystem.
+# Not passed: max_read= (below), fsname=, subtype= (fusegw's: they name the mount fuse.fusegw, which
+# --clear-dead and mountd look for), allow_root (the kernel checks permissions:
+# default_permissions), blkdev, blksize= (fuseblk only), user= and -n (mtab).
+FUSE_OPTIONS = {"ro", "nosuid", "nodev", "noexec", "sync", "dirsync", "atime", "noatime",
+                "debug"}
+# The SELinux labels of the mount, for the kernel. Not max_read=: pyfuse3's init() leaves
+# libfuse's conn->max_read at 0, and libfuse then fails the session ("init() and
+# fuse_session_new() requested different maximum read size").
+FUSE_VALUE_OPTIONS = {c: re.compile(r".+") for c in ("context", "fscontext", "defcontext",
+                                                     "rootcontext")}
 OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
                "cache_timeout", "read_ahead_kb", "log_file", "log_level",
-               "allow_exposed_source"}
+               "allow_exposed_source", "allow_nonempty_mountpoint", "nonempty",
+               "adopt_nonempty", "clear_dead"}
+OPTION_ALIASES = {"nonempty": "allow_nonempty_mountpoint"}  # libfuse 2's name for it
+_FUSE_VALUE_FORMS = [f"{c}=CONTEXT" for c in sorted(FUSE_VALUE_OPTIONS)]
 # Own options that name a file: made absolute before the daemon starts in /.
 PATH_OPTIONS = {"config", "control_socket", "log_file"}
 
@@ -44,122 +67,170 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-exposed-source", action="store_true", default=None,
                    help="serve a SOURCE that users other than root can reach directly "
                    "(they bypass every quota there; refused by default)")
+    p.add_argument("--allow-nonempty-mountpoint", action="store_true", default=None,
+                   help="mount over a MOUNTPOINT that holds files (hidden while mounted; "
+                   "refused by default)")
+    p.add_argument("--adopt-nonempty", action="store_true", default=None,
+                   help="serve a non-empty SOURCE that has neither version.txt nor .fusegw/ "
+                   "as a new volume (writes both into it; refused by default)")
+    p.add_argument("--clear-dead", action="store_true", default=None,
+                   help="lazily unmount a dead fusegw mount at MOUNTPOINT (its gateway died) "
+                   "and mount")
     p.add_argument("-o", dest="options", action="append", default=[],
-                   help="comma-separated mount options (FUSE options and the ones above)")
+                   help="comma-separated mount options: fusegw's own (backend=, volume=, "
+                   "config=, ... and the flags above with _ for -) and the FUSE options "
+                   f"{', '.join(sorted(FUSE_OPTIONS))}, "
+                   f"{', '.join(_FUSE_VALUE_FORMS)}")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     p.add_argument("--log-file", help="log here (default: stderr in the foreground, "
                    "/var/log/fusegw/<volume>.log in the background)")
-    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
+def _is_fuse_option(key: str, sep: str, value: str) -> bool:
+    if key in FUSE_OPTIONS:
+        return not sep
+    pattern = FUSE_VALUE_OPTIONS.get(key)
+    return pattern is not None and pattern.fullmatch(value) is not None
+
+
 def _split_options(values: list[str]) -> tuple[dict[str, str], set[str]]:
+    """fusegw's own options and the FUSE options it passes on; any other is refused here,
+    in one line, instead of by libfuse after the daemon started."""
     own: dict[str, str] = {}
     fuse: set[str] = set()
+    unknown: list[str] = []
     for value in values:
         for opt in filter(None, value.split(",")):
-            key, _, val = opt.partition("=")
+            key, sep, val = opt.partition("=")
             if key in OWN_OPTIONS:
-                own[key] = val or "1"
-            elif key not in IGNORED_MOUNT_OPTIONS:
+                own[OPTION_ALIASES.get(key, key)] = val or "1"
+            elif _is_fuse_option(key, sep, val):
                 fuse.add(opt)
+            elif key not in IGNORED_MOUNT_OPTIONS and not opt.startswith(IGNORED_PREFIXES):
+                unknown.append(opt)
+    if unknown:
+        raise StartupError(
+            f"unknown mount option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+            f"fusegw passes on only the FUSE options {', '.join(sorted(FUSE_OPTIONS))}, "
+            f"{', '.join(_FUSE_VALUE_FORMS)} and reads its own "
+            f"{', '.join(sorted(OWN_OPTIONS - set(OPTION_ALIASES)))}")
     return own, fuse
 
 
-def _config_volume(path: str | None, name: str | None, source: str | None) -> dict[str, Any]:
-    """The `[volume.NAME]` table that names this volume (by name, else by path)."""
-    config_path = path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    if config_path is None:
-        return {}
+@dataclass(frozen=True)
+class _Config:
+    """What the configuration file says for this mount: the node, and the volume's name in
+    it (None where the file has no table for this volume)."""
+
+    node: NodeConfig | None = None
+    name: str | None = None
+
+    @property
+    def table(self) -> VolumeConfig | None:
+        return self.node.volume[self.name] if self.node and self.name else None
+
+
+def _read_config(args: argparse.Namespace, own: dict[str, str]) -> _Config:
+    """The file (--config, -o config=, else /etc/fusegw/fusegw.toml if present), validated:
+    the node-wide tables and this volume's, found by name, else by SOURCE. A name the file
+    lacks is refused, naming the volumes it has, where the file was asked for or SOURCE and
+    MOUNTPOINT must come from it; else only the node-wide tables are read."""
+    from fusegw.config import ConfigError, find_volume, load_config, volume_names
+
+    explicit = args.config or own.get("config")
+    path = explicit or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return _Config()
+    name = args.volume or own.get("volume")
     try:
-        with open(config_path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise StartupError(f"config {config_path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise StartupError(f"config {config_path}: {e}") from None
-    volumes = data.get("volume", {})
-    if name and name in volumes:
-        return dict(volumes[name], name=name, _node=data)
-    for vname, table in volumes.items():
-        if source and os.path.abspath(table.get("path", "")) == os.path.abspath(source):
-            return dict(table, name=vname, _node=data)
-    return {"_node": data}
+        if name is None and args.source:
+            name = find_volume(Path(path), Path(args.source))
+        needed = explicit or not (args.source and args.mountpoint)
+        if name is not None and (needed or name in volume_names(Path(path))):
+            return _Config(load_config(Path(path), volume=name), name)
+        return _Config(load_config(Path(path), volumes=False))
+    except ConfigError as e:
+        raise StartupError(e.one_line()) from None
+
+
+def _options(own: dict[str, str]) -> dict[str, Any]:
+    """The gateway's options given with -o, read as text (`xattr_limits`, `=1`, `=yes`)."""
+    from fusegw.config import ConfigError, mount_options
+
+    try:
+        return mount_options({k: v for k, v in own.items() if k in MOUNT_OPTION_KEYS})
+    except ConfigError as e:
+        raise StartupError("; ".join(f"-o {problem}" for problem in e.problems)) from None
+
+
+MOUNT_OPTION_KEYS = {"xattr_limits", "cache_timeout", "read_ahead_kb", "control_socket",
+                     "allow_exposed_source", "allow_nonempty_mountpoint", "adopt_nonempty",
+                     "clear_dead"}
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[str, str]]:
+    """Flags win over -o, -o over the volume's table in the config, that over defaults."""
+    from fusegw.config import GATEWAY_OPTION_KEYS
+
     own, fuse = _split_options(args.options)
-    volume = args.volume or own.get("volume")
-    conf = _config_volume(args.config or own.get("config"), volume, args.source)
-    node = conf.pop("_node", {})
-    if "name" in conf:  # the daemon finds this table by name: from / a relative path is not it
-        own.setdefault("volume", conf["name"])
-    vopts = dict(conf.get("options", {}))
-    source = args.source or conf.get("path")
-    mountpoint = args.mountpoint or conf.get("mountpoint")
+    opts = _options(own)
+    conf = _read_config(args, own)
+    table = conf.table
+    if conf.name:  # the daemon finds this table by name: from / a relative path is not it
+        own.setdefault("volume", conf.name)
+    vopts = dict(table.options) if table else {}
+    source = args.source or (table.path if table else None)
+    mountpoint = args.mountpoint or (conf.node.mountpoint(conf.name)
+                                     if conf.node and conf.name else None)
     if not source or not mountpoint:
-        raise StartupError("SOURCE and MOUNTPOINT are needed (or --config with a "
-                           "[volume.NAME] table that has path and mountpoint)")
-    configured_exposed = _flag(vopts.pop("allow_exposed_source", False), "allow_exposed_source")
+        raise StartupError("SOURCE and MOUNTPOINT are needed (or --config FILE --volume NAME "
+                           "with a [volume.NAME] table)")
+
+    def pick(key: str, flag: object = None, default: Any = None) -> Any:
+        for value in (flag, opts.get(key), vopts.get(key)):
+            if value is not None:
+                return value
+        return default
+
+    control = conf.node.control if conf.node else None
     settings = MountSettings(
         source=Path(source),
         mountpoint=Path(mountpoint),
-        backend=args.backend or own.get("backend") or conf.get("backend", "vfs"),
-        volume=volume or conf.get("name", ""),
-        control_socket=_path(args.control_socket or own.get("control_socket")
-                             or vopts.pop("control_socket", None)),
-        admin_group=(args.admin_group or own.get("admin_group")
-                     or node.get("control", {}).get("admin_group")),
-        xattr_limits=bool(args.xattr_limits or own.get("xattr_limits") == "1"
-                          or vopts.pop("xattr_limits", False)),
-        allow_exposed_source=(configured_exposed or bool(args.allow_exposed_source)
-                              or own.get("allow_exposed_source") == "1"),
-        cache_timeout=_float(own.get("cache_timeout") or vopts.pop("cache_timeout", None)),
-        read_ahead_kb=_int(own.get("read_ahead_kb") or vopts.pop("read_ahead_kb", 4096),
-                           "read_ahead_kb"),
+        backend=args.backend or own.get("backend") or (table.backend if table else "vfs"),
+        volume=args.volume or own.get("volume") or "",
+        control_socket=_path(pick("control_socket", args.control_socket)),
+        admin_group=args.admin_group or own.get("admin_group") or (
+            control.admin_group if control else None),
+        xattr_limits=pick("xattr_limits", args.xattr_limits, False),
+        allow_exposed_source=pick("allow_exposed_source", args.allow_exposed_source, False),
+        allow_nonempty_mountpoint=pick("allow_nonempty_mountpoint",
+                                       args.allow_nonempty_mountpoint, False),
+        adopt_nonempty=pick("adopt_nonempty", args.adopt_nonempty, False),
+        clear_dead=pick("clear_dead", args.clear_dead, False),
+        cache_timeout=pick("cache_timeout"),
+        read_ahead_kb=pick("read_ahead_kb", default=4096),
         fuse_options=fuse,
-        backend_options=vopts,
-        tcp_listen=args.tcp_listen or node.get("control", {}).get("tcp_listen"),
-        auth_token=(os.environ.get("FUSEGW_AUTH_TOKEN")
-                    or node.get("control", {}).get("auth_token")),
+        backend_options={k: v for k, v in vopts.items() if k not in GATEWAY_OPTION_KEYS},
+        tcp_listen=args.tcp_listen or (control.tcp_listen if control else None),
+        auth_token=os.environ.get("FUSEGW_AUTH_TOKEN") or (
+            control.auth_token if control else None),
     )
     return settings, own
 
 
-def _flag(value: object, name: str) -> bool:
-    """A config-file boolean; anything else is refused rather than read as yes (`"no"`)."""
-    if not isinstance(value, bool):
-        raise StartupError(f"{name} must be true or false, not {value!r}")
-    return value
-
-
-def _int(value: object, name: str) -> int:
-    text = str(value)
-    if not text.isdigit():
-        raise StartupError(f"{name} must be a whole number, not {value!r}")
-    return int(text)
-
-
-def _float(value: object) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(str(value))
-    except ValueError:
-        raise StartupError(f"cache_timeout must be a number of seconds, not {value!r}") from None
-
-
-def _path(value: str | None) -> Path | None:
+def _path(value: str | Path | None) -> Path | None:
     return Path(value) if value else None
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         settings, own = settings_from_args(args)
+        level = log_level(args.log_level or own.get("log_level") or "INFO")
         preflight(settings)
         log_file = args.log_file or own.get("log_file")
-        level = args.log_level or own.get("log_level") or "INFO"
         if args.foreground:
             return _foreground(settings, log_file, level, args.ready_fd)
         return _background(args, settings, own, log_file, level)
@@ -244,7 +315,9 @@ def _daemon_argv(args: argparse.Namespace, settings: MountSettings, own: dict[st
         if value:
             argv += [flag, value]
     for flag, on in (("--xattr-limits", args.xattr_limits),
-                     ("--allow-exposed-source", args.allow_exposed_source)):
+                     ("--allow-exposed-source", args.allow_exposed_source),
+                     ("--allow-nonempty-mountpoint", args.allow_nonempty_mountpoint),
+                     ("--adopt-nonempty", args.adopt_nonempty)):
         if on:
             argv.append(flag)
     return argv

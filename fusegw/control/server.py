@@ -11,7 +11,6 @@ reaches the app as an ordinary HTTP request, which refuses it with a problem+jso
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from fusegw.control.app import ControlApp, Peer
+from fusegw.settings import group_id
 
 log = logging.getLogger("fusegw.control")
 
@@ -57,11 +57,13 @@ def _groups(pid: int) -> frozenset[int]:
 
 
 def resolve_group(group: str | int | None) -> int | None:
+    """The admin group's gid (a number is taken as one); a name that is no group is a
+    StartupError naming the `groupadd` that creates it, never a KeyError's traceback."""
     if group is None or group == "":
         return None
     if isinstance(group, int) or str(group).isdigit():
         return int(group)
-    return grp.getgrnam(str(group)).gr_gid
+    return group_id(str(group))
 
 
 def hypercorn_config() -> Config:
