@@ -463,6 +463,46 @@ def test_malformed_requests_are_400(node: Mountd, raw: bytes, field: str | None)
         assert field in problem.get("data", {}), problem
 
 
+BAD_INPUT: list[tuple[str, str, bytes, dict[str, str]]] = [
+    ("GET", "/quota-scope", b"\xff\xfe{", {}),
+    ("GET", "/quota-scope", b"[" * 5000 + b"]" * 5000, {}),
+    ("POST", "/folder/create", b"x" * (65 * 1024), {}),
+    ("GET", "/quota-scope?volume=%ZZ", b"", {}),
+    ("GET", "/quota-scope?volume=a&volume=b", b"", {}),
+    ("GET", "/quota-scope?=&&=", b"", {}),
+    ("GET", "/quota-scope", b'{"volume": "../a"}', {}),
+    ("GET", "/quota-scope", b'{"volume": "a/../../b"}', {}),
+    ("GET", "/quota-scope", b'{"volume": "' + b"v" * 4000 + b'"}', {}),
+    ("GET", "/quota-scope", b'{"volume": null}', {}),
+    ("GET", "/quota-scope", b'{"volume": ["a"]}', {}),
+    ("GET", "/quota-scope", b'{"volume": {"a": 1}}', {}),
+    ("GET", "/quota-scope", b'{"volume": "a", "qsid": 12}', {}),
+    ("GET", "/quota-scope", b'{"volume": "a", "qsid": "user:nope"}', {}),
+    ("PATCH", "/quota-scope", b'{"volume": "a", "options": {"limit_bytes": -1}}', {}),
+    ("BREW", "/quota-scope", b'{"volume": "a"}', {}),
+    ("POST", "/", b"{}", {}),
+    ("DELETE", "/volumes", b"", {}),
+    ("GET", "/%2e%2e/etc/passwd", b'{"volume": "a"}', {}),
+    ("GET", "/quota-scope", b'{"volume": "a"}', {"Upgrade": "websocket", "Connection": "Upgrade"}),
+    ("GET", "/quota-scope", b'{"volume": "a"}', {"Upgrade": "h2c", "Connection": "Upgrade"}),
+    ("GET", "/quota-scope", b'{"volume": "a"}', {"Content-Type": "text/plain"}),
+]
+
+
+def test_bad_input_never_gets_a_5xx(node: Mountd) -> None:
+    """Malformed, ambiguous, oversized or hostile requests to the node: each a 4xx (from the
+    router or, for well-formed ones, the gateway), and the node keeps serving."""
+    pids = {n: node.serving(n)["pid"] for n in ("a", "b")}
+    for method, path, raw, headers in BAD_INPUT:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(node.node_socket)),
+                          base_url="http://fusegw", timeout=30) as c:
+            r = c.request(method, path, content=raw, headers=headers)
+        assert 400 <= r.status_code < 500, (method, path, raw[:60], r.status_code, r.text)
+        if r.content:
+            assert r.headers["content-type"] == "application/problem+json", r.headers
+    assert {n: node.serving(n)["pid"] for n in ("a", "b")} == pids
+
+
 def test_parameter_in_query_and_body_is_400(node: Mountd) -> None:
     r = node.request("GET", "/quota-scopes", {"volume": "a"}, params={"volume": "b"})
     assert r.status_code == 400 and "volume" in r.json()["data"], r.text
