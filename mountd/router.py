@@ -194,6 +194,8 @@ async def _forward(volume: Volume, scope: Scope, body: bytes) -> Answer:
     except httpx.TimeoutException:
         raise GatewayTimeout(f"volume {volume.name!r}: no answer from its gateway",
                              data={"volume": volume.name}) from None
-    except (httpx.HTTPError, OSError):  # it died or is being replaced under the request
+    except (httpx.HTTPError, OSError, RuntimeError):
+        # it died, or is being replaced or stopped under the request (RuntimeError: its
+        # supervisor closed the client)
         raise _unavailable(volume) from None
     return Answer.of(r)

@@ -238,6 +238,7 @@ class VolumeSupervisor:
 
     async def _shutdown(self) -> None:
         """Stop on purpose: SIGTERM, a clean unmount, SIGKILL only if it does not comply."""
+        self._set(State.STOPPED, "stopping")  # the router sends nothing more its way
         try:
             proc = self.proc
             if proc is not None and proc.returncode is None:
