@@ -163,6 +163,26 @@ def test_env_i_mount_fstab_line_of_type_fuse_fusegw_serves_and_umount_stops_it(
     serves_then_umount_stops_it(gw)
 
 
+def test_env_i_mount_fstab_line_with_clear_dead_remounts_after_kill_9(
+        installed: None, volume: Gateway, tmp_path: Path) -> None:
+    # Without a supervisor, the operator's `mount MNT` is the recovery: clear_dead in the
+    # fstab line lets it replace the dead mount a killed gateway leaves.
+    gw = volume
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{gw.source} {gw.mountpoint} fuse.fusegw "
+                     f"nofail,clear_dead,{mount_options(gw)} 0 0\n")
+    argv = ["/usr/bin/env", "-i", "/usr/bin/mount", "--fstab", str(fstab), str(gw.mountpoint)]
+    assert run(argv).returncode == 0, gw.read_log()
+    first = psutil.Process(int(gw.request("GET", "/").json()["pid"]))
+    first.kill()
+    first.wait(timeout=15)
+    again = run(argv)
+    assert again.returncode == 0, again.stdout + again.stderr + gw.read_log()
+    assert "cleared the dead FUSE mount" in again.stdout + again.stderr
+    assert gw.request("GET", "/").json()["pid"] != first.pid
+    serves_then_umount_stops_it(gw)
+
+
 # --- make install / make uninstall into temporary directories --------------------------------
 
 def make(target: str, root: Path) -> subprocess.CompletedProcess[str]:
