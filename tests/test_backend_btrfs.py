@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from btrfs_fixtures import btrfs_volume, make_btrfs  # noqa: F401
+from conftest import wait_for
 
 from backends.base import BackendError, QuotaLimits, QuotaUsage, run_command
 from backends.btrfs import BtrfsBackend
@@ -63,6 +64,13 @@ async def poll(fetch: Callable[[], Awaitable[QuotaUsage | None]],
                 return usage
             await trio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last: {usage}")
+
+
+def qgroup_gone(volume: Path, qgroupid: str) -> None:
+    """Wait (with a deadline) until the kernel has dropped a deleted subvolume's qgroup: it
+    goes once the cleaner has freed the subvolume, after `subvolume delete` returned."""
+    sh("btrfs", "subvolume", "sync", str(volume))
+    wait_for(lambda: qgroupid not in qgroups(volume), DEADLINE, f"qgroup {qgroupid} to go")
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +214,7 @@ async def test_delete_refuses_non_empty_then_deletes(backend: BtrfsBackend, volu
     (path / "file").unlink()
     await backend.delete_scope(name)
     assert not os.path.lexists(path)
-    assert qgroupid not in qgroups(volume)
+    qgroup_gone(volume, qgroupid)
 
 
 @pytest.mark.trio
@@ -225,7 +233,8 @@ async def test_failing_limit_leaves_no_subvolume(backend: BtrfsBackend, volume: 
         await backend.create_scope(name, QuotaLimits(limit_bytes=MiB))
     assert not os.path.lexists(volume / name)
     assert name not in sh("btrfs", "subvolume", "list", str(volume)).stdout
-    assert seen_ids and f"0/{seen_ids[0]}" not in qgroups(volume)
+    assert seen_ids
+    qgroup_gone(volume, f"0/{seen_ids[0]}")
 
 
 @pytest.mark.trio
