@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev \
-            libsystemd-dev systemd
+            libsystemd-dev systemd python3-venv
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 # Where install makes fusegw reachable by the system (scripts/install-system.sh says why these);
@@ -52,4 +52,4 @@ bench: install
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
 clean: uninstall  # no links left pointing into a removed .venv
-	-rm -rf $(VENV) var
+	-rm -rf $(VENV) .venv-manager var

@@ -20,7 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""mount.fuse3 runs us with no PATH at all (fstab, `env -i mount`): the backends' commands
+(`xfs_quota` in /usr/sbin, `btrfs`, `fusermount3`) must still be found."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PATH", SYSTEM_PATH)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and not args_list[0].startswith("-") and args_list[0] not in COMMANDS:
         args_list.insert(0, "mount")  # fstab: mount.fuse3 runs `fusegw SOURCE MOUNTPOINT -o ...`
