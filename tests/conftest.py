@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -266,3 +267,11 @@ def fill_until_refused(path: Path, code: int) -> None:
         assert e.errno == code, e
     finally:
         os.close(fd)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now, for a test's listener."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

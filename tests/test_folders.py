@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import pytest
 from conftest import (
     Gateway,
     du_bytes,
+    free_port,
     inodes_below,
     is_mounted,
     new_qsid,
@@ -68,13 +68,6 @@ def gw(public_dir: Path) -> Iterator[Gateway]:
     g = start_gateway(public_dir, "fld")
     yield g
     g.stop()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, new_qsid, start_gateway, wait_for
+from conftest import Gateway, free_port, new_qsid, start_gateway, wait_for
 
 PROBS = "https://api.backend.ai/probs/storage/"
 INVALID = PROBS + "invalid-api-params"
@@ -36,13 +36,6 @@ WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 # a SETTINGS frame (empty) as an HTTP/2 client sends it after the preface
 H2_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 MiB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @dataclass

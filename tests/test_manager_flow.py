@@ -36,7 +36,6 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from conftest import (
     Gateway,
     du_bytes,
     fill_until_refused,
+    free_port,
     inodes_below,
     is_mounted,
     new_qsid,
@@ -76,13 +76,6 @@ TOKEN = "manager-flow-secret"
 TOKEN_HEADER = "X-BackendAI-Storage-Auth-Token"
 PROBS = "https://api.backend.ai/probs/storage/"
 MOUNTD = Path(sys.executable).with_name("fusegw-mountd")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- the manager's venv and driver ---------------------------------------------------------------

@@ -48,6 +48,7 @@ import pytest
 from conftest import (
     Gateway,
     du_bytes,
+    free_port,
     is_mounted,
     new_qsid,
     private_source,
@@ -304,13 +305,6 @@ def gateway_pids(base: Path) -> list[int]:
                                                           for a in argv):
             found.append(int(entry))
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @contextlib.contextmanager
