@@ -15,5 +15,4 @@ the gateways by their `volume` field.
 | `events` | deaths and restarts: kept, and logged as JSON lines |
 | `router` | the node endpoint's ASGI app |
 | `notify` | sd_notify: READY, STATUS, WATCHDOG, STOPPING |
-| `tomlw` | writing the gateways' TOML files |
 """

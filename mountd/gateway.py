@@ -15,15 +15,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import psutil
+import tomli_w
 import trio
 
 from backends.atomic import write_atomic
 from fusegw.config import NodeConfig, VolumeConfig
-from mountd import tomlw
 
 log = logging.getLogger("fusegw.mountd")
 
@@ -64,8 +66,17 @@ class VolumeSpec:
         fsprefix = getattr(self.table, "fsprefix", None)  # the storage proxy's key, if known
         if fsprefix is not None:
             table["fsprefix"] = str(fsprefix)
-        return tomlw.dumps({"control": {"admin_group": self.admin_group},
-                            "volume": {self.name: table}})
+        return tomli_w.dumps(_plain({"control": {"admin_group": self.admin_group},
+                                     "volume": {self.name: table}}))
+
+
+def _plain(value: Any) -> Any:
+    """What TOML can hold: no None (TOML has no null), paths as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value if v is not None]
+    return str(value) if isinstance(value, PurePath) else value
 
 
 @dataclass(frozen=True)
