@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -48,6 +48,20 @@ class RawResponse:
 
     body: bytes
     content_type: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResponse:
+    """An answer sent as it is produced (POST /folder/file/fetch), never held whole: chunked
+    on HTTP/1.1. `chunks` is closed whatever happens, so what it holds open (a file) goes."""
+
+    chunks: AsyncGenerator[bytes, None]
+    content_type: bytes = b"application/octet-stream"
+
+
+QUERY_ROUTES = frozenset({("POST", "/folder/file/mkdir")})
+"""POST routes that also take query parameters: the manager sends mkdir (the per-user
+directory of a group's `.local` folder) as a query string with no body."""
 
 
 class RequestObserver(Protocol):
@@ -180,9 +194,10 @@ def _header_values(scope: Scope, name: bytes) -> list[bytes]:
 
 
 def _params(scope: Scope, body: bytes) -> dict[str, Any]:
-    """The query parameters (GET only) and the JSON body's fields; a name given twice, in
-    either or across both, is refused: which value was meant would be a guess."""
-    query = _query_params(scope) if scope["method"] == "GET" else {}
+    """The query parameters (GET, and the QUERY_ROUTES) and the JSON body's fields; a name
+    given twice, in either or across both, is refused: which value was meant would be a guess."""
+    with_query = scope["method"] == "GET" or (scope["method"], scope["path"]) in QUERY_ROUTES
+    query = _query_params(scope) if with_query else {}
     data = _body_params(body)
     both = sorted(query.keys() & data.keys())
     if both:
@@ -242,7 +257,25 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+async def _stream(send: Send, status: int, body: StreamResponse) -> None:
+    """Headers, then each chunk as it comes (no content-length: chunked). A failure after
+    the headers propagates, so the server drops the connection and the client sees a
+    truncated transfer, never a short body that looks complete."""
+    try:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", body.content_type)]})
+        async for chunk in body.chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await body.chunks.aclose()
+
+
 async def _respond(send: Send, status: int, body: Any, close: bool = False) -> None:
+    if isinstance(body, StreamResponse):
+        await _stream(send, status, body)
+        return
     if isinstance(body, RawResponse):
         headers = [(b"content-type", body.content_type),
                    (b"content-length", str(len(body.body)).encode())]
