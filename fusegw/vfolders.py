@@ -18,7 +18,14 @@ from pathlib import Path
 import trio
 
 from backends import QuotaLimits
-from fusegw.errors import GatewayError, QuotaScopeExists, VFolderExists, VFolderNotFound
+from fusegw.errors import (
+    GatewayError,
+    InvalidSubpath,
+    QuotaScopeExists,
+    QuotaScopeNotFound,
+    VFolderExists,
+    VFolderNotFound,
+)
 from fusegw.ids import VFolderID
 from fusegw.ledger import ScopeUsage
 from fusegw.scopes import Caller, ScopeService
@@ -52,6 +59,61 @@ def _opendir(name: str, dir_fd: int | None = None) -> Iterator[int]:
         os.close(fd)
 
 
+MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP past it)
+
+
+def confined_subpath(vfpath: Path, subpath: str) -> list[str]:
+    """The names below the vfolder that `subpath` resolves to, walked on the backing side
+    with O_NOFOLLOW descriptors: `..` and relative symlinks are followed within the
+    vfolder, and an absolute symlink, or a `..` or link that would leave it, is
+    InvalidSubpath. Where a name does not exist yet the rest is taken as written (as the
+    storage proxy does), so it may not hold `..` or leave the vfolder either."""
+    if not isinstance(subpath, str) or "\0" in subpath or subpath.startswith("/"):
+        raise InvalidSubpath(f"subpath {subpath!r} must be a relative path",
+                             data={"subpath": "not a relative path"})
+    todo = [n for n in subpath.split("/") if n not in ("", ".")]
+    names: list[str] = []
+    fds = [_opendir_raw(str(vfpath))]
+    hops = 0
+    try:
+        while todo:
+            name = todo.pop(0)
+            if name == "..":
+                if not names:
+                    raise _escape(subpath)
+                names.pop()
+                os.close(fds.pop())
+                continue
+            try:
+                st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+            except FileNotFoundError:
+                if ".." in todo:
+                    raise _escape(subpath) from None
+                return [*names, name, *todo]
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                target = os.readlink(name, dir_fd=fds[-1])
+                if target.startswith("/") or hops > MAX_SYMLINKS:
+                    raise _escape(subpath)
+                todo[:0] = [n for n in target.split("/") if n not in ("", ".")]
+                continue
+            names.append(name)
+            if stat.S_ISDIR(st.st_mode):
+                fds.append(_opendir_raw(name, fds[-1]))
+            elif todo:
+                raise InvalidSubpath(f"subpath {subpath!r}: {'/'.join(names)} is not a "
+                                     "directory", data={"subpath": "not a directory"})
+        return names
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _escape(subpath: str) -> InvalidSubpath:
+    return InvalidSubpath(f"subpath {subpath!r} leaves the vfolder",
+                          data={"subpath": "leaves the vfolder"})
+
+
 class VFolderService:
     def __init__(self, volume: Path, mountpoint: Path, scopes: ScopeService) -> None:
         self.volume = volume
@@ -69,9 +131,11 @@ class VFolderService:
     def _scope(self, vfid: VFolderID) -> ScopeUsage:
         return self.scopes.get(vfid.quota_scope_id)
 
-    def mount_path(self, vfid: VFolderID) -> str:
+    def mount_path(self, vfid: VFolderID, subpath: str = ".") -> str:
+        """The vfolder's path under the mount point, with `subpath` resolved inside it."""
         self._existing(vfid)
-        return str(self.mountpoint / vfid.relpath())
+        inside = confined_subpath(self.volume / vfid.relpath(), subpath)
+        return str(Path(self.mountpoint, vfid.relpath(), *inside))
 
     def usage(self, vfid: VFolderID) -> tuple[int, int]:
         """(used_bytes, file_count) from the ledger: O(1), whatever the backend."""
@@ -143,8 +207,18 @@ class VFolderService:
             os.close(parent)
 
     async def delete(self, vfid: VFolderID, caller: Caller) -> None:
-        """Remove the vfolder's tree, then the fan-out directories it leaves empty."""
-        scope = self._existing(vfid)
+        """Remove the vfolder's tree, then the fan-out directories it leaves empty. A vfolder
+        already gone (its scope too) is done, as the storage proxy answers: the manager's
+        background deletion retries, and a refusal would leave its row DELETING forever.
+        Something else in its place (a symlink, a file) is no vfolder and stays a 404."""
+        try:
+            scope = self._existing(vfid)
+        except QuotaScopeNotFound:
+            return
+        except VFolderNotFound:
+            if os.path.lexists(self.volume / vfid.relpath()):
+                raise
+            return
         h = vfid.hex
         self.ledger.begin_change(scope)
         with contextlib.ExitStack() as stack:

@@ -54,6 +54,7 @@ class VolumeUnavailable(GatewayError):
     kind = "volume/unavailable"
     title = "Volume temporarily unavailable"
     status = 503
+    code_domain = "storage"
 
     def __init__(self, detail: str, retry_after: int, data: dict[str, Any] | None = None
                  ) -> None:
@@ -65,6 +66,7 @@ class GatewayTimeout(GatewayError):
     kind = "volume/timeout"
     title = "The volume's gateway did not answer in time"
     status = 504
+    code_domain = "storage"
 
 
 class Volume(Protocol):
@@ -95,8 +97,9 @@ class Answer:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @classmethod
-    def problem(cls, error: GatewayError) -> Answer:
-        body = {**error.problem(), "msg": error.detail}
+    def problem(cls, error: GatewayError, scope: Scope) -> Answer:
+        """The node's own refusal, with `msg` and `error_code` as a gateway's would have."""
+        body = error.problem(scope["method"], scope["path"])
         headers = [(b"content-type", b"application/problem+json")]
         if isinstance(error, VolumeUnavailable):
             headers.append((b"retry-after", str(error.retry_after).encode()))
@@ -143,10 +146,10 @@ class NodeApp(ControlApp):
         except ClientGone:
             return
         except GatewayError as e:
-            answer = Answer.problem(e)
+            answer = Answer.problem(e, scope)
         except Exception:  # a bug, never a bad request: keep serving and say so
             log.exception("routing failed")
-            answer = Answer.problem(GatewayError("internal error"))
+            answer = Answer.problem(GatewayError("internal error"), scope)
         await answer.send(send)
         if scope["method"] != "GET" or answer.status >= 500:
             peer = _peer(scope)

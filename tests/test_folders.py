@@ -306,12 +306,11 @@ def test_duplicate_vfolder_and_uuid_collision_are_409_and_change_nothing(gw: Gat
 
 @pytest.mark.parametrize(("method", "route"), [
     ("GET", "/folder/usage"), ("GET", "/folder/used-bytes"), ("GET", "/folder/mount"),
-    ("POST", "/folder/delete"),
 ])
 def test_missing_vfolder_is_404(gw: Gateway, method: str, route: str) -> None:
-    """usage, used-bytes, mount and delete of a vfolder that does not exist answer 404
-    problem+json, in an existing scope (vfolder/not-found) and in a missing one, and change
-    nothing."""
+    """usage, used-bytes and mount of a vfolder that does not exist answer 404 problem+json,
+    in an existing scope (vfolder/not-found) and in a missing one, and change nothing (delete
+    is idempotent, 204: tests/test_manager_api.py)."""
     qsid = new_qsid()
     gw.create_scope(qsid)
     before = volume_state(gw)

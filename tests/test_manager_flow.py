@@ -26,8 +26,10 @@ vfolder).
   untouched by the other's; an unknown volume through the node is a 404.
 - `test_manager_wrong_secret_is_refused`: a manager with another secret gets 403 and
   changes nothing (also through the node, in the test above).
-- `test_issue11_*` (xfail, each naming what is missing): what the manager does with a storage
-  proxy that the gateway does not answer yet; they pass once issue 11 is done.
+- `test_issue11_*`: the rest of what the manager does with a storage proxy (issue 11):
+  `StorageVolume.from_info`/`load_by_id` (fsprefix), list_hosts' fs-usage, hwinfo, the
+  performance metric, `get_mount_path` with a subpath (and escapes refused), `msg` and
+  `error_code` in error bodies, and deleting a vfolder twice.
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ from conftest import (
 )
 from manager_client import (
     VENV,
-    DriverError,
     ManagerDriver,
     ensure_manager_venv,
     manager_driver,
@@ -292,7 +293,7 @@ def test_manager_flow_one_gateway(gw_port: tuple[Gateway, int],
     gw, _ = gw_port
     volumes = gw_driver.call("get_all_volumes")
     assert volumes == [["gw", {"name": gw.volume, "backend": "vfs",
-                               "path": str(gw.mountpoint),
+                               "path": str(gw.mountpoint), "fsprefix": ".",
                                "capabilities": volumes[0][1]["capabilities"]}]], volumes
     vol = Volume(f"gw:{gw.volume}", gw.source, gw.mountpoint)
     run_flow([Flow(gw_driver, vol, new_qsid(), MiB)])
@@ -489,7 +490,7 @@ def test_manager_flow_node_two_volumes(manager_python: Path, node: Node) -> None
             assert not (vol.source / scope_hex(other)).exists()
 
 
-# -- issue 11: what the manager does that the gateway does not answer yet ------------------------
+# -- issue 11: the rest of what the manager does with a storage proxy -------------------------
 
 
 @pytest.fixture(scope="module")
@@ -505,71 +506,84 @@ def _problem_msg(err: dict[str, Any]) -> Any:
     return err["user_body"].get("msg") if err["user_body"] else None
 
 
-@pytest.mark.xfail(reason="issue 11: GET /volumes has no 'fsprefix'; StorageVolume.from_info "
-                          "(models/storage.py:257) raises KeyError", raises=DriverError,
-                   strict=False)
 def test_issue11_storage_volume_from_info(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
     """StorageVolume.load_slice / load_by_id build StorageVolume.from_info from GET /volumes."""
     listed = gw_driver.call("volumes_from_info")
     assert listed[0]["fsprefix"] == "."
-    assert gw_driver.call("load_by_id", host=probe_flow.vol.host)["fsprefix"] == "."
+    assert listed[0]["id"] == probe_flow.vol.host, listed
+    assert listed[0]["path"] == str(probe_flow.vol.mountpoint), listed
+    assert {"vfolder", "quota", "metric", "fast-size"} <= set(listed[0]["capabilities"]), listed
+    by_id = gw_driver.call("load_by_id", host=probe_flow.vol.host)
+    assert by_id == listed[0], (by_id, listed)
 
 
-@pytest.mark.xfail(reason="issue 11: no GET /folder/fs-usage (404); list_hosts' "
-                          "fetch_exposed_volume_fields (api/vfolder.py:724) raises "
-                          "InvalidAPIParameters", raises=DriverError, strict=False)
 def test_issue11_fs_usage(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
+    """list_hosts' fetch_exposed_volume_fields (percentage of GET /folder/fs-usage) and
+    StorageVolume.resolve_usage: the backing volume's statvfs, as the storage proxy's vfs."""
     usage = gw_driver.call("fs_usage", host=probe_flow.vol.host)
     assert 0 < usage["percentage"] <= 100
     usage = gw_driver.call("volume_usage", host=probe_flow.vol.host)
-    assert usage["capacity_bytes"] > 0 and usage["used_bytes"] > 0
+    st = os.statvfs(probe_flow.vol.source)
+    assert usage["capacity_bytes"] == st.f_frsize * st.f_blocks, usage
+    # used moves with whatever else writes to this disk: within 64 MiB of our own statvfs
+    assert abs(usage["used_bytes"] - st.f_frsize * (st.f_blocks - st.f_bavail)) < 64 * MiB
 
 
-@pytest.mark.xfail(reason="issue 11: no GET /volume/hwinfo (404); "
-                          "AgentRegistry.gather_storage_hwinfo (registry.py:451) raises "
-                          "ClientResponseError", raises=DriverError, strict=False)
 def test_issue11_hwinfo(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
+    """gather_storage_hwinfo checks the answer against HardwareMetadata (typeguard: metadata
+    values are strings) and hands it on."""
     info = gw_driver.call("hwinfo", host=probe_flow.vol.host)
     assert info["status"] == "healthy", info
+    assert info["status_info"] is None, info
+    assert info["metadata"]["backend"] == "vfs", info
+    assert info["metadata"]["mountpoint"] == str(probe_flow.vol.mountpoint), info
 
 
-@pytest.mark.xfail(reason="issue 11: no GET /volume/performance-metric (404); "
-                          "get_volume_perf_metric (api/vfolder.py:867) raises "
-                          "InvalidAPIParameters", raises=DriverError, strict=False)
 def test_issue11_performance_metric(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
-    assert "metric" in gw_driver.call("performance_metric", host=probe_flow.vol.host)
+    """get_volume_perf_metric hands the storage proxy's FSPerfMetric on; reads and writes
+    through the mount show in it."""
+    assert probe_flow.path is not None
+    gw_driver.call("performance_metric", host=probe_flow.vol.host)  # the window starts
+    probe_flow.write("perf/file", 256 * KiB)
+    (probe_flow.path / "perf" / "file").read_bytes()
+    time.sleep(1.1)  # a window spans at least a second
+    metric = gw_driver.call("performance_metric", host=probe_flow.vol.host)["metric"]
+    assert sorted(metric) == ["io_bytes_read", "io_bytes_write", "io_usec_read",
+                              "io_usec_write", "iops_read", "iops_write"], metric
+    assert metric["iops_write"] > 0 and metric["io_bytes_write"] > 0, metric
+    assert metric["io_usec_write"] > 0, metric
+    assert all(isinstance(v, int) for k, v in metric.items() if not k.startswith("io_usec"))
 
 
-@pytest.mark.xfail(reason="issue 11: GET /folder/mount ignores 'subpath' (answers the vfolder "
-                          "root for 'data' and for '../../..'); the storage proxy appends it and "
-                          "refuses an escape", raises=AssertionError, strict=False)
 def test_issue11_mount_subpath(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
     path = gw_driver.call("get_mount_path", **probe_flow.args(), subpath="data")
     assert path == str(probe_flow.path / "data")
-    err = gw_driver.error("get_mount_path", **probe_flow.args(), subpath="../../..")
-    assert err["extra_data"]["status"] == 400, err
+    for escape in ("../../..", "data/../..", "/etc"):
+        err = gw_driver.error("get_mount_path", **probe_flow.args(), subpath=escape)
+        assert err["type"] == "InvalidAPIParameters", err
+        assert err["extra_data"]["status"] == 400, err
+        assert err["extra_data"]["type"] == PROBS + "subpath/invalid", err
+        assert err["extra_msg"] and escape in err["extra_msg"], err
 
 
-@pytest.mark.xfail(reason="issue 11: error bodies carry no 'msg': StorageSessionManager.request "
-                          "(models/storage.py:177) pops it, so the manager's user sees only "
-                          "'Missing or invalid API parameters.'", raises=AssertionError,
-                   strict=False)
 def test_issue11_error_msg(gw_driver: ManagerDriver, probe_flow: Flow) -> None:
     err = gw_driver.error("create_vfolder", **probe_flow.args(), max_vfolder_size=MiB)  # 409
     assert err["type"] == "InvalidAPIParameters", err
     assert isinstance(_problem_msg(err), str) and _problem_msg(err), err
-    assert err["extra_data"].get("error_code"), err
+    assert err["extra_msg"] == err["extra_data"]["detail"], err
+    assert "already exists" in err["extra_msg"], err
+    assert err["extra_data"]["error_code"] == "vfolder_create_already-exists", err
 
 
-@pytest.mark.xfail(reason="issue 11: POST /folder/delete of a vfolder already gone answers 404; "
-                          "initiate_vfolder_removal's task (models/vfolder.py:935) raises "
-                          "InvalidAPIParameters and the row stays DELETING", raises=AssertionError,
-                   strict=False)
 def test_issue11_delete_twice(gw_port: tuple[Gateway, int], gw_driver: ManagerDriver) -> None:
     gw, _ = gw_port
     f = Flow(gw_driver, Volume(f"gw:{gw.volume}", gw.source, gw.mountpoint), new_qsid(), MiB)
     f.create()
     f.delete()
+    scope_before = du_bytes(f.backing_scope)
     again = gw_driver.call("delete_vfolder", **f.args())
     assert again["task_error"] is None, again["task_error"]
     assert again["row_deleted"], again
+    assert du_bytes(f.backing_scope) == scope_before
+    details = gw_driver.call("quota_scope_details", host=f.vol.host, qsid=f.qsid)
+    assert details["usage_bytes"] == scope_before, details

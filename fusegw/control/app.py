@@ -113,14 +113,15 @@ class ControlApp:
             log.debug("client went away method=%s path=%s", scope["method"], scope["path"])
             return
         except GatewayError as e:
-            status, body = e.status, e.problem()
+            status, body = e.status, e.problem(scope["method"], scope["path"])
             # an unread body, or bytes that may be another protocol, follow such a request
             close = isinstance(e, (PayloadTooLarge, ProtocolRefused))
         except BackendError as e:
-            status, body = 502, BackendFailure(str(e)).problem()
+            status, body = 502, BackendFailure(str(e)).problem(scope["method"], scope["path"])
         except Exception:  # a bug, never a bad request: keep serving and say so
             log.exception("control request failed")
-            status, body = 500, GatewayError("internal error").problem()
+            status, body = 500, GatewayError("internal error").problem(scope["method"],
+                                                                       scope["path"])
         await _respond(send, status, body, close)
         seconds = time.monotonic() - started
         route = scope["path"] if scope["path"] in self.routes else "unmatched"
@@ -308,7 +309,7 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close"})
         return
-    data = json.dumps(problem.problem()).encode()
+    data = json.dumps(problem.problem("GET", scope.get("path", ""))).encode()
     await send({"type": "websocket.http.response.start", "status": problem.status,
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(data)).encode()),

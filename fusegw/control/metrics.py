@@ -7,7 +7,10 @@ only, so a scanner probing random paths cannot blow up the label set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -83,3 +86,64 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+MIN_WINDOW = 1.0
+"""Seconds a performance-metric window spans at least: rates over a shorter one are noise."""
+
+
+@dataclass(frozen=True, slots=True)
+class IOSample:
+    """The FUSE read/write counters at one moment."""
+
+    at: float
+    reads: int
+    writes: int
+    read_bytes: int
+    write_bytes: int
+    read_ns: int
+    write_ns: int
+
+
+class PerfSampler:
+    """`GET /volume/performance-metric` in the storage proxy's FSPerfMetric shape, from the
+    gateway's own FUSE counters: rates between two samples, so no background task is needed.
+
+    It keeps the last two samples; an answer covers the time since the newer one if that is
+    at least MIN_WINDOW old (it then becomes the older one), else since the older one. The
+    first answer covers the time since the gateway started."""
+
+    def __init__(self, requests: Mapping[str, int], io: Mapping[str, int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.requests = requests
+        self.io = io
+        self.clock = clock
+        start = self.sample()
+        self.older, self.newer = start, start
+
+    def sample(self) -> IOSample:
+        io = self.io
+        return IOSample(self.clock(), self.requests.get("read", 0),
+                        self.requests.get("write", 0), io["read_bytes"], io["write_bytes"],
+                        io["read_ns"], io["write_ns"])
+
+    def metric(self) -> dict[str, Any]:
+        now = self.sample()
+        if now.at - self.newer.at >= MIN_WINDOW:
+            self.older, self.newer = self.newer, now
+        base = self.older
+        seconds = max(now.at - base.at, 1e-9)
+        reads, writes = now.reads - base.reads, now.writes - base.writes
+        return {
+            "iops_read": round(reads / seconds),
+            "iops_write": round(writes / seconds),
+            "io_bytes_read": round((now.read_bytes - base.read_bytes) / seconds),
+            "io_bytes_write": round((now.write_bytes - base.write_bytes) / seconds),
+            "io_usec_read": _usec(now.read_ns - base.read_ns, reads),
+            "io_usec_write": _usec(now.write_ns - base.write_ns, writes),
+        }
+
+
+def _usec(ns: int, count: int) -> float:
+    """Mean latency of `count` requests that took `ns` in all, in microseconds."""
+    return round(ns / count / 1000, 3) if count else 0.0
