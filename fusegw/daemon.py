@@ -18,6 +18,7 @@ import trio
 from backends import BackendError, QuotaBackend, get_backend
 from fusegw import __version__
 from fusegw.control.app import ControlApp
+from fusegw.control.file_routes import FileRoutes
 from fusegw.control.metrics import Metrics
 from fusegw.control.routes import VolumeRoutes
 from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
@@ -158,6 +159,7 @@ class Gateway:
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics).install(app)
+        FileRoutes(s.volume, s.mountpoint, vfolders).install(app)  # after: wraps GET /
         assert s.control_socket is not None
         sock = bind_unix(s.control_socket, gid=app.admin_gid)
         options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",

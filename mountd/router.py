@@ -34,6 +34,7 @@ from fusegw.control.app import (
     _params,
     _read_body,
 )
+from fusegw.control.file_routes import clone_volume
 from fusegw.errors import (
     GatewayError,
     PayloadTooLarge,
@@ -166,13 +167,22 @@ class NodeApp(ControlApp):
             self._check_token(scope)
         else:
             self._authorize(peer)
-        name = params.text(_params(scope, body), "volume")
+        name = _volume_of(scope["path"], _params(scope, body))
         volume = self.node.volume(name)
         if volume is None:
             raise VolumeNotFound(f"no volume {name!r} on this node", data={"volume": name})
         if not volume.serving():
             raise _unavailable(volume)
         return await _forward(volume, scope, body)
+
+
+def _volume_of(path: str, fields: dict[str, Any]) -> str:
+    """The volume a request is for: its `volume` field, or for a clone, which names two,
+    `src_volume` (= `dst_volume`: a clone across volumes is refused with 400 here, as the
+    gateway would, since no single gateway could do it)."""
+    if path == "/folder/clone":
+        return clone_volume(fields)
+    return params.text(fields, "volume")
 
 
 def _peer(scope: Scope) -> Peer | None:

@@ -9,9 +9,30 @@ the mount (so accounted and enforced: usage == `du -s -B1`, EDQUOT is a 4xx), an
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import trio
+from conftest import (
+    Gateway,
+    du_bytes,
+    free_port,
+    new_qsid,
+    scope_hex,
+    start_gateway,
+    vfolder_rel,
+    wait_for,
+)
 
 from fusegw.control.app import ControlApp, Peer, StreamResponse
 from fusegw.scopes import Caller
@@ -74,3 +95,473 @@ def test_mkdir_takes_query_parameters_on_post_other_posts_do_not() -> None:
     assert seen == [{"volume": "v", "exist_ok": "true"}, {}]
     sent = _asgi(app, "POST", "/folder/file/mkdir", b"volume=v", b'{"volume": "v"}')
     assert sent[0]["status"] == 400  # the same key in the query and the body
+
+
+# -- over a real gateway: the Unix socket and the token-checked TCP listener --------------------
+
+PROBS = "https://api.backend.ai/probs/storage/"
+PROBLEM_JSON = "application/problem+json"
+TOKEN = "file-routes-secret"
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def gw(public_dir: Path) -> Iterator[Gateway]:
+    g = start_gateway(public_dir, "files", ["--tcp-listen", f"127.0.0.1:{free_port()}"],
+                      {"FUSEGW_AUTH_TOKEN": TOKEN})
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def tcp_port(gw: Gateway) -> int:
+    port = int(gw.extra[gw.extra.index("--tcp-listen") + 1].rpartition(":")[2])
+    return port
+
+
+@dataclass
+class Api:
+    """Requests to the gateway on one channel (the Unix socket, or TCP with the token)."""
+
+    gw: Gateway
+    client: httpx.Client
+
+    def post(self, path: str, body: Any = None, params: dict[str, str] | None = None,
+             content: bytes | None = None) -> httpx.Response:
+        if body is not None:
+            content = json.dumps(body).encode()
+        return self.client.post(path, content=content, params=params)
+
+    def file(self, route: str, vf: Folder, **fields: Any) -> httpx.Response:
+        return self.post(f"/folder/file/{route}",
+                         {"volume": self.gw.volume, "vfid": vf.vfid, **fields})
+
+
+@pytest.fixture(scope="module", params=["unix", "tcp"])
+def api(request: pytest.FixtureRequest, gw: Gateway, tcp_port: int) -> Iterator[Api]:
+    if request.param == "unix":
+        client = gw.client()
+    else:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{tcp_port}", timeout=30,
+                              headers={"X-BackendAI-Storage-Auth-Token": TOKEN})
+    with client:
+        yield Api(gw, client)
+
+
+@dataclass
+class Folder:
+    """A vfolder in a scope of its own: its ID, its path in the mount and on the backing side."""
+
+    gw: Gateway
+    qsid: str
+    fid: str
+
+    @property
+    def vfid(self) -> str:
+        return f"{self.qsid}/{self.fid}"
+
+    @property
+    def mnt(self) -> Path:
+        return self.gw.mountpoint / vfolder_rel(self.qsid, self.fid)
+
+    @property
+    def backing(self) -> Path:
+        return self.gw.source / vfolder_rel(self.qsid, self.fid)
+
+    def assert_usage_is_du(self) -> None:
+        """The ledger's figure for the scope equals `du -s -B1` of its directory."""
+        used = self.gw.describe(self.qsid)["used_bytes"]
+        assert used == du_bytes(self.gw.source / scope_hex(self.qsid)), self.qsid
+
+
+def new_folder(gw: Gateway, limit_bytes: int | None = None, qsid: str | None = None) -> Folder:
+    qsid = qsid or new_qsid()
+    if limit_bytes is not None:
+        gw.create_scope(qsid, limit_bytes=limit_bytes)
+    vf = Folder(gw, qsid, uuid.uuid4().hex)
+    r = gw.request("POST", "/folder/create", {"volume": gw.volume, "vfid": vf.vfid})
+    assert r.status_code == 204, r.text
+    return vf
+
+
+@pytest.fixture
+def vf(gw: Gateway) -> Folder:
+    return new_folder(gw)
+
+
+def tree(path: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
+    """Everything below `path`, links not followed: mode, owner, and content or target."""
+    out: dict[str, tuple[int, int, bytes | str | None]] = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(root, name)
+            st = p.lstat()
+            data: bytes | str | None = None
+            if p.is_symlink():
+                data = os.readlink(p)
+            elif p.is_file():
+                data = p.read_bytes()
+            out[str(p.relative_to(path))] = (st.st_mode, st.st_uid, data)
+    return out
+
+
+def problem(r: httpx.Response, status: int, kind: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = r.json()
+    assert body["type"].startswith(PROBS) and body["title"], body
+    if kind is not None:
+        assert body["type"] == PROBS + kind, body
+    return body
+
+
+def serving(gw: Gateway) -> None:
+    assert gw.alive()
+    with gw.client() as c:
+        assert c.get("/").status_code == 200
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+
+def test_mkdir_then_list_in_the_storage_proxys_shape(api: Api, vf: Folder) -> None:
+    assert api.file("mkdir", vf, relpath="a/b/c").status_code == 204  # parents by default
+    (vf.mnt / "a" / "f").write_bytes(b"x" * 5000)
+    os.symlink("f", vf.mnt / "a" / "l")
+    r = api.file("list", vf, relpath="a")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    items = {i["name"]: i for i in r.json()["items"]}
+    assert set(r.json()) == {"items"}
+    assert {n: i["type"] for n, i in items.items()} == {
+        "b": "DIRECTORY", "f": "FILE", "l": "SYMLINK"}
+    for name, item in items.items():
+        assert set(item) == {"name", "type", "stat", "symlink_target"}
+        assert set(item["stat"]) == {"mode", "size", "created", "modified"}
+        st = (vf.mnt / "a" / name).lstat()
+        assert item["stat"]["mode"] == st.st_mode and item["stat"]["size"] == st.st_size
+        modified = datetime.fromisoformat(item["stat"]["modified"])
+        assert modified.utcoffset() == timedelta(0)
+        assert abs(modified.timestamp() - st.st_mtime) < 1e-5
+    assert items["l"]["symlink_target"] == "f" and items["f"]["symlink_target"] == ""
+    assert stat.S_IMODE(items["b"]["stat"]["mode"]) == 0o755
+    root = api.file("list", vf, relpath="").json()["items"]
+    assert [i["name"] for i in root] == ["a"]
+    vf.assert_usage_is_du()
+
+
+def test_mkdir_flags_as_the_storage_proxy(api: Api, vf: Folder) -> None:
+    assert api.file("mkdir", vf, relpath="d").status_code == 204
+    problem(api.file("mkdir", vf, relpath="d"), 409, "file/conflict")
+    assert api.file("mkdir", vf, relpath="d", exist_ok=True).status_code == 204
+    problem(api.file("mkdir", vf, relpath="x/y", parents=False), 404, "file/not-found")
+    assert not (vf.mnt / "x").exists()
+    (vf.mnt / "file").write_bytes(b"1")
+    problem(api.file("mkdir", vf, relpath="file", exist_ok=True), 409)
+    problem(api.file("mkdir", vf, relpath="file/sub"), 409)
+    vf.assert_usage_is_du()
+
+
+def test_mkdir_takes_query_parameters_as_the_manager_sends_them(api: Api, vf: Folder) -> None:
+    params = {"volume": api.gw.volume, "vfid": vf.vfid, "relpath": "u1", "exist_ok": "True"}
+    assert api.post("/folder/file/mkdir", params=params).status_code == 204
+    assert api.post("/folder/file/mkdir", params=params).status_code == 204
+    assert (vf.mnt / "u1").is_dir()
+    both = api.post("/folder/file/mkdir", {"relpath": "u2"}, params=params)
+    problem(both, 400, "invalid-api-params")
+    assert not (vf.mnt / "u2").exists()
+
+
+def test_rename_and_move(api: Api, vf: Folder) -> None:
+    (vf.mnt / "d").mkdir()
+    (vf.mnt / "f").write_bytes(b"data")
+    assert api.file("rename", vf, relpath="f", new_name="g", is_dir=False).status_code == 204
+    assert (vf.mnt / "g").read_bytes() == b"data" and not (vf.mnt / "f").exists()
+    assert api.file("move", vf, src_relpath="g", dst_relpath="d").status_code == 204
+    assert (vf.mnt / "d" / "g").read_bytes() == b"data"  # into a directory, as shutil.move
+    assert api.file("move", vf, src_relpath="d/g", dst_relpath="h").status_code == 204
+    assert (vf.mnt / "h").exists() and not (vf.mnt / "d" / "g").exists()
+    (vf.mnt / "d" / "h").write_bytes(b"taken")
+    problem(api.file("move", vf, src_relpath="h", dst_relpath="d"), 409, "file/conflict")
+    problem(api.file("move", vf, src_relpath="nope", dst_relpath="x"), 404, "file/not-found")
+    problem(api.file("rename", vf, relpath="h", new_name="a/b"), 400, "invalid-api-params")
+    problem(api.file("rename", vf, relpath="h", new_name=".."), 400, "invalid-api-params")
+    problem(api.file("rename", vf, relpath="", new_name="x"), 400, "invalid-api-params")
+    problem(api.file("move", vf, src_relpath="d", dst_relpath="d/sub"), 400)
+    assert sorted(os.listdir(vf.mnt)) == ["d", "h"]
+    vf.assert_usage_is_du()
+
+
+def test_delete(api: Api, vf: Folder) -> None:
+    (vf.mnt / "d" / "e").mkdir(parents=True)
+    (vf.mnt / "d" / "e" / "f").write_bytes(b"x" * 100_000)
+    (vf.mnt / "g").write_bytes(b"y")
+    before = tree(vf.mnt)
+    problem(api.file("delete", vf, relpaths=["d"]), 409, "file/conflict")  # not recursive
+    problem(api.file("delete", vf, relpaths=["g", "missing"]), 404, "file/not-found")
+    assert tree(vf.mnt) == before  # a bad list changes nothing
+    r = api.file("delete", vf, relpaths=["g", "d"], recursive=True)
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    assert os.listdir(vf.mnt) == []
+    problem(api.file("delete", vf, relpaths=[""], recursive=True), 400)
+    assert vf.mnt.is_dir()
+    vf.assert_usage_is_du()
+
+
+def test_fetch_streams_the_file(api: Api, vf: Folder) -> None:
+    data = os.urandom(5 * MiB + 123)
+    (vf.mnt / "task").mkdir()
+    (vf.mnt / "task" / "k.log").write_bytes(data)
+    r = api.file("fetch", vf, relpath="task/k.log")
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers.get("transfer-encoding") == "chunked"
+    assert api.file("fetch", vf, relpath="task/k.log").content == data  # keep-alive reuse
+    problem(api.file("fetch", vf, relpath="task/none.log"), 404, "file/not-found")
+    problem(api.file("fetch", vf, relpath="task"), 409, "file/conflict")
+    os.mkfifo(vf.mnt / "fifo")
+    problem(api.file("fetch", vf, relpath="fifo"), 400)  # never opened: it would block
+
+
+# -- confinement ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outside(public_dir: Path) -> Path:
+    """A directory outside every vfolder, with a file in it, that no request may touch."""
+    out = public_dir / "outside"
+    out.mkdir()
+    (out / "secret").write_bytes(b"secret")
+    return out
+
+
+def escaping_requests(out: Path) -> list[tuple[str, dict[str, Any]]]:
+    paths = ["..", "../x", "a/../../b", "/etc", str(out), "a\0b", "out/secret", "out",
+             "rel/secret", "out/new"]
+    reqs: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        reqs += [("mkdir", {"relpath": f"{path}/sub"}), ("list", {"relpath": path}),
+                 ("fetch", {"relpath": path}), ("fetch", {"relpath": f"{path}/secret"}),
+                 ("rename", {"relpath": f"{path}/secret", "new_name": "s2"}),
+                 ("move", {"src_relpath": f"{path}/secret", "dst_relpath": "got"}),
+                 ("move", {"src_relpath": "mine", "dst_relpath": f"{path}/mine"}),
+                 ("move", {"src_relpath": "mine", "dst_relpath": path}),
+                 ("delete", {"relpaths": [f"{path}/secret"], "recursive": True})]
+    return reqs
+
+
+@pytest.mark.parametrize("planted", ["mount", "backing"])
+def test_escapes_are_400_and_touch_nothing_outside(api: Api, outside: Path,
+                                                   planted: str) -> None:
+    vf = new_folder(api.gw)
+    (vf.mnt / "mine").write_bytes(b"mine")
+    where = vf.mnt if planted == "mount" else vf.backing
+    os.symlink(str(outside), where / "out")  # absolute, out
+    depth = len(vf.backing.relative_to(outside.parent).parts)
+    os.symlink("../" * depth + "outside", where / "rel")  # relative, out
+    before, mine = tree(outside), tree(vf.mnt)
+    for route, fields in escaping_requests(outside):
+        r = api.file(route, vf, **fields)
+        assert r.status_code == 400, (route, fields, r.status_code, r.text)
+        problem(r, 400, "invalid-api-params")
+    assert tree(outside) == before
+    assert tree(vf.mnt) == mine
+    assert not (outside / "sub").exists() and not (outside / "mine").exists()
+    serving(api.gw)
+    if planted == "mount":
+        vf.assert_usage_is_du()
+
+
+def test_a_symlink_inside_the_vfolder_is_followed(api: Api, vf: Folder) -> None:
+    (vf.mnt / "real").mkdir()
+    (vf.mnt / "real" / "f").write_bytes(b"in")
+    os.symlink("real", vf.mnt / "alias")
+    assert api.file("fetch", vf, relpath="alias/f").content == b"in"
+    assert [i["name"] for i in api.file("list", vf, relpath="alias").json()["items"]] == ["f"]
+    r = api.file("delete", vf, relpaths=["alias"])  # the link itself, not its target
+    assert r.status_code == 200 and (vf.mnt / "real" / "f").exists()
+
+
+# -- accounting and enforcement: through the mount -----------------------------------------------
+
+
+def test_mkdir_past_an_inode_limit_is_413(api: Api) -> None:
+    vf = new_folder(api.gw)
+    room = api.gw.describe(vf.qsid)["used_inodes"] + 1
+    r = api.gw.request("PATCH", "/quota-scope", {"volume": api.gw.volume, "qsid": vf.qsid,
+                                                 "options": {"limit_inodes": room}})
+    assert r.status_code == 204, r.text
+    assert api.file("mkdir", vf, relpath="one").status_code == 204
+    body = problem(api.file("mkdir", vf, relpath="two"), 413, "quota/exceeded")
+    assert body["data"]["errno"] == errno.EDQUOT
+    assert sorted(os.listdir(vf.mnt)) == ["one"]
+    vf.assert_usage_is_du()
+
+
+# -- clone --------------------------------------------------------------------------------------
+
+
+def clone(api: Api, src: Folder, dst_vfid: str, **extra: Any) -> httpx.Response:
+    return api.post("/folder/clone", {"src_volume": api.gw.volume, "src_vfid": src.vfid,
+                                      "dst_volume": api.gw.volume, "dst_vfid": dst_vfid,
+                                      **extra})
+
+
+def populate(vf: Folder, size: int = 300_000) -> None:
+    (vf.mnt / "d" / "e").mkdir(parents=True)
+    (vf.mnt / "d" / "e" / "big").write_bytes(os.urandom(size))
+    (vf.mnt / "small").write_bytes(b"s")
+    (vf.mnt / "exec").write_bytes(b"#!/bin/sh\n")
+    (vf.mnt / "exec").chmod(0o750)
+    os.chown(vf.mnt / "small", 1234, 4321)
+    os.symlink("d/e/big", vf.mnt / "link")
+    os.symlink("/etc/passwd", vf.mnt / "abs")  # copied as a link, never as /etc/passwd
+
+
+def test_clone_copies_the_tree_into_a_new_vfolder(api: Api, vf: Folder) -> None:
+    populate(vf)
+    dst = Folder(api.gw, new_qsid(), uuid.uuid4().hex)  # missing, in another scope
+    api.gw.create_scope(dst.qsid)
+    assert clone(api, vf, dst.vfid).status_code == 204
+    assert tree(dst.mnt) == tree(vf.mnt)
+    assert (dst.mnt / "small").stat().st_mtime == (vf.mnt / "small").stat().st_mtime
+    vf.assert_usage_is_du()
+    dst.assert_usage_is_du()  # charged to the destination's scope
+    assert api.gw.describe(dst.qsid)["used_bytes"] > 300_000
+    with api.gw.client() as c:
+        clones = c.get("/").json()["clones"]
+    mine = [j for j in clones if j["dst"] == dst.vfid]
+    assert mine and mine[0]["state"] == "done" and mine[0]["bytes"] >= 300_000
+
+
+def test_clone_into_an_existing_empty_vfolder_and_not_a_full_one(api: Api, vf: Folder) -> None:
+    populate(vf)
+    dst = new_folder(api.gw)  # as the manager does: folder/create, then folder/clone
+    assert clone(api, vf, dst.vfid, options=None).status_code == 204
+    assert tree(dst.mnt) == tree(vf.mnt)
+    before = tree(dst.mnt)
+    problem(clone(api, vf, dst.vfid), 409, "file/conflict")
+    assert tree(dst.mnt) == before
+
+
+def test_clone_past_the_limit_is_413_and_leaves_nothing(api: Api, vf: Folder) -> None:
+    populate(vf, 3 * MiB)
+    dst = new_folder(api.gw, limit_bytes=2 * MiB)
+    used = api.gw.describe(dst.qsid)["used_bytes"]
+    body = problem(clone(api, vf, dst.vfid), 413, "quota/exceeded")
+    assert body["data"]["errno"] == errno.EDQUOT
+    assert os.listdir(dst.mnt) == [] and os.listdir(dst.backing) == []
+    assert api.gw.describe(dst.qsid)["used_bytes"] == used
+    dst.assert_usage_is_du()
+    with api.gw.client() as c:
+        job = next(j for j in c.get("/").json()["clones"] if j["dst"] == dst.vfid)
+    assert job["state"] == "failed" and "quota" in job["error"].lower()
+
+
+def test_a_long_clone_goes_on_in_the_background(api: Api, vf: Folder) -> None:
+    populate(vf, 8 * MiB)
+    dst = new_folder(api.gw)
+    r = clone(api, vf, dst.vfid, options={"wait_seconds": 0})
+    assert r.status_code in (200, 204), r.text
+    if r.status_code == 200:
+        assert r.json()["status"] == "cloning"
+        problem(clone(api, vf, dst.vfid), 409)  # busy, or done and no longer empty
+
+    def state() -> str | None:
+        with api.gw.client() as c:
+            jobs = [j for j in c.get("/").json()["clones"] if j["dst"] == dst.vfid]
+        return jobs[0]["state"] if jobs and jobs[0]["state"] != "copying" else None
+
+    assert wait_for(state, what="clone done") == "done"
+    assert tree(dst.mnt) == tree(vf.mnt)
+    dst.assert_usage_is_du()
+
+
+def test_clone_bad_input_is_4xx_and_changes_nothing(api: Api, vf: Folder) -> None:
+    volume = api.gw.volume
+    other = f"{new_qsid()}/{uuid.uuid4().hex}"
+    base = {"src_volume": volume, "src_vfid": vf.vfid, "dst_volume": volume, "dst_vfid": other}
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({k: v for k, v in base.items() if k != "src_vfid"}, 400),
+        ({k: v for k, v in base.items() if k != "dst_vfid"}, 400),
+        ({k: v for k, v in base.items() if k != "src_volume"}, 400),
+        ({**base, "dst_volume": "elsewhere"}, 400),  # across volumes: not supported
+        ({**base, "src_volume": "elsewhere", "dst_volume": "elsewhere"}, 404),
+        ({**base, "src_vfid": 5}, 400), ({**base, "dst_vfid": "user:nope/x"}, 400),
+        ({**base, "dst_vfid": vf.vfid}, 400),
+        ({**base, "src_vfid": f"{new_qsid()}/{uuid.uuid4().hex}"}, 404),
+        ({**base, "options": {"wait_seconds": 10**9}}, 400),
+        ({**base, "options": {"bogus": 1}}, 400), ({**base, "options": []}, 400),
+    ]
+    listing = sorted(os.listdir(api.gw.source))
+    for body, status in cases:
+        problem(api.post("/folder/clone", body), status)
+    assert sorted(os.listdir(api.gw.source)) == listing
+    serving(api.gw)
+
+
+# -- bad input on every route -----------------------------------------------------------------
+
+
+def bad_file_requests(vf: Folder, volume: str) -> list[tuple[str, dict[str, Any] | bytes, int]]:
+    base = {"volume": volume, "vfid": vf.vfid}
+    long_name, long_path = "n" * 256, "/".join(["d" * 200] * 25)
+    cases: list[tuple[str, dict[str, Any] | bytes, int]] = []
+    fields = {"mkdir": {"relpath": "new"}, "list": {"relpath": ""}, "fetch": {"relpath": "f"},
+              "rename": {"relpath": "f", "new_name": "g"},
+              "move": {"src_relpath": "f", "dst_relpath": "g"},
+              "delete": {"relpaths": ["f"], "recursive": True}}
+    for route, extra in fields.items():
+        full = {**base, **extra}
+        for key in full:
+            if key != "recursive":  # optional
+                cases.append((route, {k: v for k, v in full.items() if k != key}, 400))
+            cases.append((route, {**full, key: 12345}, 400))
+            cases.append((route, {**full, key: None}, 400))
+        cases += [(route, {**full, "volume": "nope"}, 404),
+                  (route, {**full, "vfid": f"{new_qsid()}/{uuid.uuid4().hex}"}, 404),
+                  (route, b"{not json", 400), (route, b"[1, 2]", 400),
+                  (route, b'{"volume": "a", "volume": "b"}', 400),
+                  (route, b"x" * (65 * 1024), 413)]
+        for key in extra:
+            if key != "relpaths":
+                cases += [(route, {**full, key: long_name}, 400),
+                          (route, {**full, key: long_path}, 400),
+                          (route, {**full, key: "\udc80\ud800"}, 400)]
+    for flag_route, flag in (("mkdir", "parents"), ("mkdir", "exist_ok"),
+                             ("delete", "recursive"), ("rename", "is_dir")):
+        cases.append((flag_route, {**base, **fields[flag_route], flag: "maybe"}, 400))
+    cases += [("delete", {**base, "relpaths": "f"}, 400), ("delete", {**base, "relpaths": []}, 400),
+              ("delete", {**base, "relpaths": ["f"] * 10_001}, 400),
+              ("delete", {**base, "relpaths": [["f"]]}, 400)]
+    return cases
+
+
+def test_bad_input_on_every_route_is_4xx_and_changes_nothing(api: Api, vf: Folder) -> None:
+    (vf.mnt / "f").write_bytes(b"keep")
+    before, used = tree(vf.mnt), api.gw.describe(vf.qsid)
+    for route, body, status in bad_file_requests(vf, api.gw.volume):
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = api.post(f"/folder/file/{route}", content=content)
+        assert r.status_code == status, (route, body if len(content) < 300 else "...", r.text)
+        problem(r, status)
+    assert tree(vf.mnt) == before
+    assert api.gw.describe(vf.qsid) == used
+    serving(api.gw)
+
+
+def test_tcp_without_the_token_is_403(gw: Gateway, tcp_port: int) -> None:
+    vf = new_folder(gw)
+    with httpx.Client(base_url=f"http://127.0.0.1:{tcp_port}", timeout=30) as c:
+        r = c.post("/folder/file/mkdir", content=json.dumps(
+            {"volume": gw.volume, "vfid": vf.vfid, "relpath": "x"}))
+    problem(r, 403)
+    assert not (vf.mnt / "x").exists()
+
+
+def test_no_request_in_this_module_yielded_5xx(gw: Gateway) -> None:
+    with gw.client() as c:
+        metrics = c.get("/metrics").text
+    fives = [line for line in metrics.splitlines()
+             if line.startswith("fusegw_control_requests_total") and 'status="5' in line]
+    assert fives == []
+    assert "Traceback" not in gw.read_log()
