@@ -40,9 +40,10 @@ class Probe:
         self.path = path
         self.pending = False
 
-    async def statvfs(self, timeout: float = PROBE_TIMEOUT) -> tuple[os.statvfs_result | None,
-                                                                     str | None, float]:
+    async def statvfs(self, timeout: float | None = None
+                      ) -> tuple[os.statvfs_result | None, str | None, float]:
         """(result, None, seconds) or (None, why not, seconds)."""
+        timeout = PROBE_TIMEOUT if timeout is None else timeout
         started = time.monotonic()
         if self.pending:
             return None, f"statfs of {self.path} has not answered yet", 0.0
@@ -177,8 +178,9 @@ class VolumeRoutes:
         self._volume(params)
         vfid = p.vfid(params)
         subpath = params.get("subpath", ".")
-        if not isinstance(subpath, str):
-            raise InvalidParameters("subpath must be a string", data={"subpath": "not a string"})
+        if not isinstance(subpath, str) or not subpath:  # the storage proxy: t.String()
+            raise InvalidParameters("subpath must be a non-empty string",
+                                    data={"subpath": "not a non-empty string"})
         return {"path": self.vfolders.mount_path(vfid, subpath)}
 
     async def fs_usage(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
