@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -232,12 +233,55 @@ class APIConfig(_Strict):
     manager: ManagerAPIConfig | None = None
 
 
+_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50, "e": 2**60}
+
+
+def duration_seconds(value: Any) -> float:
+    """The storage proxy's `session-expire` (its `TimeDuration`): a number of seconds, or
+    `"30s"`, `"15m"`, `"12h"`, `"1d"`, `"2w"`; its `yr`/`mo` forms are refused by name
+    (a token outliving weeks is a mistake here, not a calendar question)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a number of seconds or a text like '1d', '12h', '30m'")
+    text = str(value).strip()
+    unit = text[-1:].lower()
+    try:
+        seconds = float(text[:-1]) * _DURATION_UNITS[unit] if unit in _DURATION_UNITS \
+            else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is no duration: use seconds or a text like '1d', "
+                         "'12h', '30m', '10s', '2w'") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{value!r} must be a positive duration")
+    return seconds
+
+
+def binary_size(value: Any) -> int:
+    """The storage proxy's `max-upload-size` (its `BinarySize`): bytes, or `"100g"`, `"512m"`."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a number of bytes or a text like '100g'")
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+    factor = _SIZE_UNITS.get(text[-1:], 1)
+    try:
+        size = int(float(text[:-1] if factor > 1 else text) * factor)
+    except ValueError:
+        raise ValueError(f"{value!r} is no size: use bytes or a text like '100g'") from None
+    if size <= 0:
+        raise ValueError(f"{value!r} must be a positive size")
+    return size
+
+
 class StorageProxySection(_Foreign):
-    """`[storage-proxy]`: the proxy's own process settings; `secret` signs the client API's
-    JWTs and is kept for it, the rest is ignored."""
+    """`[storage-proxy]`: the proxy's own process settings. `secret` signs the client API's
+    JWTs, `session-expire` bounds their life (and an abandoned upload's), `max-upload-size`
+    one upload's size; the rest is ignored."""
 
     node_id: str | None = Field(None, alias="node-id")
     secret: str | None = None
+    session_expire: Annotated[float, BeforeValidator(duration_seconds)] = Field(
+        86400.0, alias="session-expire")
+    max_upload_size: Annotated[int, BeforeValidator(binary_size)] = Field(
+        100 * 2**30, alias="max-upload-size")
 
 
 # -- one options model and one volume model per backend ----------------------------------------
@@ -375,8 +419,13 @@ class NodeConfig(_Strict):
             notes.append(f"[control] tcp_listen {self.control.tcp_listen} has no auth_token: "
                          "the listener starts only with FUSEGW_AUTH_TOKEN set")
         if self.api and self.api.client:
-            notes.append("[api.client] is kept for the client API (downloads, uploads), "
-                         "which this fusegw does not serve yet")
+            secret = self.storage_proxy.secret if self.storage_proxy else None
+            notes.append(f"[api.client] service-addr {self.api.client.service_addr.listen()}: "
+                         "the client API (downloads, uploads) is served by a gateway started "
+                         "with `fusegw mount --config FILE --volume NAME` (one volume per "
+                         "listener); fusegw-mountd does not start it"
+                         + ("" if secret else "; it needs [storage-proxy] secret or "
+                            "FUSEGW_CLIENT_SECRET"))
         return notes
 
 

@@ -10,18 +10,20 @@ import resource
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pyfuse3
 import trio
 
 from backends import BackendError, QuotaBackend, get_backend
 from fusegw import __version__
+from fusegw.client.app import ClientAPI
 from fusegw.control.app import ControlApp
 from fusegw.control.file_routes import FileRoutes
 from fusegw.control.metrics import Metrics
 from fusegw.control.routes import VolumeRoutes
 from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
+from fusegw.control.token_routes import TokenRoutes
 from fusegw.errors import GatewayError
 from fusegw.fs.operations import REQUESTS, GatewayOperations
 from fusegw.fs.xattrs import UsageXattrs
@@ -160,6 +162,10 @@ class Gateway:
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics).install(app)
         FileRoutes(s.volume, s.mountpoint, vfolders).install(app)  # after: wraps GET /
+        client = (ClientAPI(s, self.ledger, self._invalidate_path, self.ops.late.release)
+                  if s.client_secret else None)
+        TokenRoutes(s.volume, vfolders, client.tokens if client else None,
+                    client.uploads if client else None, s.max_upload_size).install(app)
         assert s.control_socket is not None
         sock = bind_unix(s.control_socket, gid=app.admin_gid)
         options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",
@@ -172,6 +178,8 @@ class Gateway:
                 if s.tcp_listen:
                     host, _, port = s.tcp_listen.rpartition(":")
                     await nursery.start(serve_tcp, app, host or "127.0.0.1", int(port))
+                if client is not None:
+                    await self._serve_client(nursery, client)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.ledger.flush_loop)
                 if self.lease is not None:
@@ -185,6 +193,18 @@ class Gateway:
                 ready()
         finally:
             self._stop(sock)
+
+    async def _serve_client(self, nursery: trio.Nursery, client: ClientAPI) -> None:
+        """The client API's listener (off unless configured) and its upload cleanup, in
+        this loop: its reads of the mount run in worker threads."""
+        nursery.start_soon(client.uploads.cleanup_loop)
+        listen = self.settings.client_listen
+        if listen:
+            host, _, port = listen.rpartition(":")
+            # serve_tcp serves any ASGI app: hypercorn's own server setup, not a second one
+            await nursery.start(serve_tcp, cast(ControlApp, client.app),
+                                host.strip("[]") or "0.0.0.0", int(port))
+            log.info("client API listening on %s", listen)
 
     async def _fuse_main(self, cancel_scope: trio.CancelScope) -> None:
         try:

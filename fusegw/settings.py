@@ -53,6 +53,10 @@ class MountSettings:
     allow_nonempty_mountpoint: bool = False  # mount over files (they are hidden meanwhile)
     adopt_nonempty: bool = False  # serve a non-empty directory that is no volume yet
     clear_dead: bool = False  # lazily unmount a dead fusegw mount at MOUNTPOINT first
+    client_listen: str | None = None  # "HOST:PORT": the client API (downloads, uploads), off
+    client_secret: str | None = None  # signs its JWTs: the storage proxy's secret
+    session_expire: float = 86400.0  # seconds a token (and an idle upload) lives
+    max_upload_size: int = 100 * 2**30  # Tus-Max-Size: the largest upload one token may ask
 
     def __post_init__(self) -> None:
         # Absolute from the start: the background daemon runs in /, not in the caller's cwd.
@@ -185,6 +189,10 @@ def preflight(s: MountSettings) -> None:
     if s.tcp_listen and not s.auth_token:
         raise StartupError("a TCP listener needs an auth token (FUSEGW_AUTH_TOKEN or "
                            "[control] auth_token in the config)")
+    if s.client_listen and not s.client_secret:
+        raise StartupError("the client API (--client-listen or [api.client] service-addr) "
+                           "needs the storage proxy's secret: FUSEGW_CLIENT_SECRET or "
+                           "[storage-proxy] secret in the config")
     if s.mountpoint == s.source or s.source in s.mountpoint.parents:
         raise StartupError(f"mount point {s.mountpoint} lies inside source {s.source}")
     exposure = source_exposure(s.source)

@@ -62,6 +62,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tcp-listen", metavar="HOST:PORT",
                    help="also serve the API on TCP (off by default; needs FUSEGW_AUTH_TOKEN "
                    "or [control] auth_token, checked in X-BackendAI-Storage-Auth-Token)")
+    p.add_argument("--client-listen", metavar="HOST:PORT",
+                   help="serve the client API (GET /download, tus /upload) on TCP (off by "
+                   "default; [api.client] service-addr in the config; needs "
+                   "FUSEGW_CLIENT_SECRET or [storage-proxy] secret, which signs its tokens)")
     p.add_argument("--xattr-limits", action="store_true", default=None,
                    help="allow root in this mount namespace to set limits with setfattr")
     p.add_argument("--allow-exposed-source", action="store_true", default=None,
@@ -217,8 +221,28 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         tcp_listen=args.tcp_listen or (control.tcp_listen if control else None),
         auth_token=os.environ.get("FUSEGW_AUTH_TOKEN") or (
             control.auth_token if control else None),
+        **_client_api(args, conf),
     )
     return settings, own
+
+
+def _client_api(args: argparse.Namespace, conf: _Config) -> dict[str, Any]:
+    """The client API's listener and token settings: the flag, else the storage proxy's
+    `[api.client] service-addr`; its secret from FUSEGW_CLIENT_SECRET (never a flag: a
+    command line is visible to every user), else `[storage-proxy] secret`."""
+    api = conf.node.api if conf.node else None
+    proxy = conf.node.storage_proxy if conf.node else None
+    listen = args.client_listen or (api.client.service_addr.listen()
+                                    if api and api.client else None)
+    values: dict[str, Any] = {
+        "client_listen": listen,
+        "client_secret": os.environ.get("FUSEGW_CLIENT_SECRET") or (
+            proxy.secret if proxy else None),
+    }
+    if proxy is not None:
+        values["session_expire"] = proxy.session_expire
+        values["max_upload_size"] = proxy.max_upload_size
+    return values
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -311,7 +335,8 @@ def _daemon_argv(args: argparse.Namespace, settings: MountSettings, own: dict[st
     config = args.config and os.path.abspath(args.config)
     for flag, value in (("--backend", args.backend),
                         ("--volume", args.volume or own.get("volume")), ("--config", config),
-                        ("--admin-group", args.admin_group), ("--tcp-listen", args.tcp_listen)):
+                        ("--admin-group", args.admin_group), ("--tcp-listen", args.tcp_listen),
+                        ("--client-listen", args.client_listen)):
         if value:
             argv += [flag, value]
     for flag, on in (("--xattr-limits", args.xattr_limits),
