@@ -18,7 +18,10 @@ unchanged and calls its code the way the manager does.
   owner (so a superadmin may change it), an empty Redis cache, a task group that runs the task.
 - Calls made inline by the API handlers of `api/vfolder.py` (`create`, `get_info`,
   `get_usage`, `get_used_bytes`, `get_volume_perf_metric`) are repeated here with the same
-  `StorageSessionManager.request(...)` arguments, the handler's line cited beside each.
+  `StorageSessionManager.request(...)` arguments, the handler's line cited beside each; so
+  are the file routes' (`mkdir`, `list_files` with its reshaping of the reply, `rename_file`,
+  `move_file`, `delete_files`, and `get_task_logs`' streamed `fetch`), and
+  `initiate_vfolder_clone` runs as it is, its background task at once.
 
 Protocol: one JSON object a line on stdin, `{"op": NAME, ...arguments}`; one JSON line on
 stdout for each, `{"ok": true, "result": ...}` or `{"ok": false, "error": {...}}` where the
@@ -32,12 +35,15 @@ cache is fresh for every request). End of input ends the driver.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import stat
 import sys
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import PurePosixPath
 from types import SimpleNamespace
 from typing import Any
@@ -48,7 +54,7 @@ sys.stdout = sys.stderr
 
 from ai.backend.common.types import QuotaScopeID, VFolderID  # noqa: E402
 from ai.backend.manager.api.vfolder import fetch_exposed_volume_fields  # noqa: E402
-from ai.backend.manager.config import volume_config_iv  # noqa: E402
+from ai.backend.manager.config import DEFAULT_CHUNK_SIZE, volume_config_iv  # noqa: E402
 from ai.backend.manager.models.storage import StorageSessionManager, StorageVolume  # noqa: E402
 from ai.backend.manager.models.user import UserRole  # noqa: E402
 from ai.backend.manager.models.vfolder import (  # noqa: E402
@@ -56,12 +62,35 @@ from ai.backend.manager.models.vfolder import (  # noqa: E402
     QuotaScopeInput,
     SetQuotaScope,
     UnsetQuotaScope,
+    VFolderCloneInfo,
     VFolderDeletionInfo,
+    VFolderPermission,
+    VFolderUsageMode,
+    initiate_vfolder_clone,
     initiate_vfolder_removal,
 )
 from ai.backend.manager.registry import AgentRegistry  # noqa: E402
 
 # -- stand-ins for what the manager has besides the storage proxy -----------------------------
+
+
+class FakeBackgroundTasks:
+    """The manager's BackgroundTaskManager: `start` runs the task to its end at once and
+    keeps what it raised (the real one reports it to the task's event stream)."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    async def start(self, func: Callable[[Any], Awaitable[Any]], **kwargs: Any) -> uuid.UUID:
+        try:
+            await func(SimpleNamespace(update=_nothing, total_progress=0))
+        except Exception as e:
+            self.error = e
+        return uuid.uuid4()
+
+
+async def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 class FakeDBSession:
@@ -306,6 +335,84 @@ class Driver:
             json={"volume": volume_name},
         ) as (_, storage_resp):
             return await storage_resp.json()
+
+    async def op_clone_vfolder(self, req: dict[str, Any]) -> dict[str, Any]:
+        """models/vfolder.py `initiate_vfolder_clone` (the `clone` handler's call): POST
+        folder/create of a new vfolder in the source's scope, then POST folder/clone, in the
+        background task it starts (run at once here, as the task manager would)."""
+        tasks = FakeBackgroundTasks()
+        src = self.vfid(req)
+        info = VFolderCloneInfo(src, req["host"], str(src.quota_scope_id), "clone",
+                                req["host"], VFolderUsageMode.GENERAL, VFolderPermission.READ_WRITE,
+                                "admin@example.com", uuid.uuid4(), True)
+        _task_id, folder_id = await initiate_vfolder_clone(FakeDB(), info, self.manager(req),
+                                                           tasks)
+        if tasks.error is not None:
+            raise tasks.error
+        return {"dst_vfid": str(VFolderID(src.quota_scope_id, folder_id))}
+
+    async def _file(self, req: dict[str, Any], route: str, body: dict[str, Any]) -> Any:
+        """`StorageSessionManager.request(host, "POST", "folder/file/<route>", json=...)`
+        with the handler's own body; the reply's JSON, if any."""
+        mgr = self.manager(req)
+        proxy_name, volume_name = mgr.split_host(req["host"])
+        async with mgr.request(proxy_name, "POST", f"folder/file/{route}",
+                               json={"volume": volume_name, "vfid": str(self.vfid(req)),
+                                     **body}) as (_, resp):
+            return await resp.json() if resp.content_length else None
+
+    async def op_mkdir(self, req: dict[str, Any]) -> Any:
+        """api/vfolder.py `mkdir` (line 1292)."""
+        return await self._file(req, "mkdir", {"relpath": req["path"],
+                                               "parents": req.get("parents", True),
+                                               "exist_ok": req.get("exist_ok", False)})
+
+    async def op_list_files(self, req: dict[str, Any]) -> dict[str, Any]:
+        """api/vfolder.py `list_files` (line 1583), with the handler's own reshaping of the
+        reply (a KeyError or a time it cannot parse would fail here as there)."""
+        result = await self._file(req, "list", {"relpath": req.get("path", "")})
+        return {
+            "items": [{"name": item["name"], "type": item["type"],
+                       "size": item["stat"]["size"], "mode": oct(item["stat"]["mode"])[2:][-3:],
+                       "created": item["stat"]["created"], "modified": item["stat"]["modified"]}
+                      for item in result["items"]],
+            "files": json.dumps([
+                {"filename": item["name"], "size": item["stat"]["size"],
+                 "mode": stat.filemode(item["stat"]["mode"]),
+                 "ctime": datetime.fromisoformat(item["stat"]["created"]).timestamp(),
+                 "atime": 0,
+                 "mtime": datetime.fromisoformat(item["stat"]["modified"]).timestamp()}
+                for item in result["items"]]),
+        }
+
+    async def op_rename_file(self, req: dict[str, Any]) -> Any:
+        """api/vfolder.py `rename_file` (line 1464)."""
+        return await self._file(req, "rename", {"relpath": req["target_path"],
+                                                "new_name": req["new_name"]})
+
+    async def op_move_file(self, req: dict[str, Any]) -> Any:
+        """api/vfolder.py `move_file` (line 1504)."""
+        return await self._file(req, "move", {"src_relpath": req["src"],
+                                              "dst_relpath": req["dst"]})
+
+    async def op_delete_files(self, req: dict[str, Any]) -> Any:
+        """api/vfolder.py `delete_files` (line 1545)."""
+        return await self._file(req, "delete", {"relpaths": req["files"],
+                                                "recursive": req.get("recursive", False)})
+
+    async def op_fetch_file(self, req: dict[str, Any]) -> dict[str, Any]:
+        """api/session.py `get_task_logs` (line 1820): POST folder/file/fetch with
+        raise_for_status, read in DEFAULT_CHUNK_SIZE chunks."""
+        mgr = self.manager(req)
+        volume_name = mgr.split_host(req["host"])[1]
+        data = bytearray()
+        async with mgr.request(req["host"], "POST", "folder/file/fetch",
+                               json={"volume": volume_name, "vfid": str(self.vfid(req)),
+                                     "relpath": req["relpath"]},
+                               raise_for_status=True) as (_, resp):
+            while chunk := await resp.content.read(DEFAULT_CHUNK_SIZE):
+                data += chunk
+        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     async def op_request(self, req: dict[str, Any]) -> dict[str, Any]:
         """`StorageSessionManager.request` of any route (probes): status and JSON body."""

@@ -33,9 +33,11 @@ from conftest import (
     vfolder_rel,
     wait_for,
 )
+from manager_client import ManagerDriver, manager_driver, volumes_config
 
 from fusegw.control.app import ControlApp, Peer, StreamResponse
 from fusegw.scopes import Caller
+from mountd.router import NodeApp
 
 # -- the ASGI pieces, in process ----------------------------------------------------------------
 
@@ -565,3 +567,107 @@ def test_no_request_in_this_module_yielded_5xx(gw: Gateway) -> None:
              if line.startswith("fusegw_control_requests_total") and 'status="5' in line]
     assert fives == []
     assert "Traceback" not in gw.read_log()
+
+
+# -- the manager's own calls (backend.ai-manager 23.3.7, tests/manager_driver.py) ----------------
+
+
+@pytest.fixture(scope="module")
+def mgr(gw: Gateway, tcp_port: int, public_dir: Path) -> Iterator[ManagerDriver]:
+    volumes = volumes_config({"gw": (f"http://127.0.0.1:{tcp_port}", TOKEN)}, f"gw:{gw.volume}")
+    with manager_driver(public_dir / "manager-driver-files.log", volumes) as drv:
+        yield drv
+
+
+def test_the_managers_file_calls(mgr: ManagerDriver, gw: Gateway) -> None:
+    vf = new_folder(gw)
+    host = f"gw:{gw.volume}"
+    at = {"host": host, "vfid": vf.vfid}
+    assert mgr.call("mkdir", **at, path="a/b") is None
+    (vf.mnt / "a" / "f").write_bytes(b"z" * 7000)
+    listing = mgr.call("list_files", **at, path="a")
+    assert {i["name"]: i["type"] for i in listing["items"]} == {"b": "DIRECTORY", "f": "FILE"}
+    assert {i["name"]: i["mode"] for i in listing["items"]} == {"b": "755", "f": "644"}
+    assert {f["filename"] for f in json.loads(listing["files"])} == {"b", "f"}
+    assert mgr.call("rename_file", **at, target_path="a/f", new_name="g") is None
+    assert mgr.call("move_file", **at, src="a/g", dst="a/b") is None
+    fetched = mgr.call("fetch_file", **at, relpath="a/b/g")
+    assert fetched["size"] == 7000
+    error = mgr.error("mkdir", **at, path="../escape")
+    assert error["type"] == "InvalidAPIParameters" and error["extra_msg"], error
+    assert mgr.call("delete_files", **at, files=["a"], recursive=True) == {"status": "ok"}
+    assert os.listdir(vf.mnt) == []
+    vf.assert_usage_is_du()
+
+
+def test_the_managers_clone(mgr: ManagerDriver, gw: Gateway) -> None:
+    vf = new_folder(gw)
+    populate(vf)
+    dst = mgr.call("clone_vfolder", host=f"gw:{gw.volume}", vfid=vf.vfid)["dst_vfid"]
+    qsid, _, fid = dst.rpartition("/")
+    clone_of = Folder(gw, qsid, fid)
+    assert tree(clone_of.mnt) == tree(vf.mnt)
+    clone_of.assert_usage_is_du()
+
+
+# -- the node endpoint routes a clone by its volume ---------------------------------------------
+
+
+@dataclass
+class FakeVolume:
+    name: str
+    client: httpx.AsyncClient
+    problem: str | None = None
+
+    def serving(self) -> bool:
+        return True
+
+    def retry_after(self) -> int:
+        return 1
+
+
+class FakeNode:
+    """Two volumes whose gateways answer with the path and volume they were sent."""
+
+    def __init__(self, seen: list[tuple[str, str]]) -> None:
+        def answer(name: str) -> httpx.MockTransport:
+            def handle(request: httpx.Request) -> httpx.Response:
+                seen.append((name, request.url.path))
+                return httpx.Response(204)
+            return httpx.MockTransport(handle)
+
+        self.vols = {n: FakeVolume(n, httpx.AsyncClient(transport=answer(n),
+                                                        base_url="http://fusegw"))
+                     for n in ("one", "two")}
+
+    def volume(self, name: str) -> FakeVolume | None:
+        return self.vols.get(name)
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return []
+
+
+def test_the_node_routes_a_clone_by_its_volume_and_refuses_one_across_volumes() -> None:
+    seen: list[tuple[str, str]] = []
+    app = NodeApp(FakeNode(seen), None, None)
+    vfid = f"{new_qsid()}/{uuid.uuid4().hex}"
+
+    def clone_body(src: str, dst: str | None) -> bytes:
+        return json.dumps({"src_volume": src, "src_vfid": vfid, "dst_volume": dst,
+                           "dst_vfid": vfid}).encode()
+
+    assert _asgi(app, "POST", "/folder/clone", body=clone_body("two", "two"))[0]["status"] == 204
+    assert _asgi(app, "POST", "/folder/clone", body=clone_body("one", None))[0]["status"] == 204
+    assert seen == [("two", "/folder/clone"), ("one", "/folder/clone")]
+    for src, dst, status in (("one", "two", 400), ("three", "three", 404), ("one", "", 400)):
+        sent = _asgi(app, "POST", "/folder/clone", body=clone_body(src, dst))
+        assert sent[0]["status"] == status, sent
+    assert json.loads(_asgi(app, "POST", "/folder/clone", body=clone_body("one", "two"))[1][
+        "body"])["data"] == {"dst_volume": "differs from src_volume"}
+    assert len(seen) == 2  # nothing refused was forwarded
+    params = b"volume=two&vfid=" + vfid.encode() + b"&relpath=x&exist_ok=true"
+    assert _asgi(app, "POST", "/folder/file/mkdir", params)[0]["status"] == 204
+    assert seen[-1] == ("two", "/folder/file/mkdir")  # mkdir routed by its query string
