@@ -19,7 +19,7 @@ import trio
 import zipstream
 
 from fusegw.client.http import Headers, Scope, Send, cors_for_download, header, query
-from fusegw.client.paths import READ_FLAGS, confine, open_beneath
+from fusegw.client.paths import READ_FLAGS, confine, open_in_mount
 from fusegw.client.tokens import Tokens
 from fusegw.control.params import flag
 from fusegw.errors import InvalidParameters
@@ -83,8 +83,7 @@ class Downloads:
         parts = confine(params.get("dst_dir"), "dst_dir", allow_root=True)
         parts += confine(claims.get("relpath"), "relpath", allow_root=True)
         archive = bool(claims.get("archive")) or flag(params, "archive")
-        base = str(self.mountpoint / vfid.relpath())
-        fd = await trio.to_thread.run_sync(open_beneath, base, parts)
+        fd = await trio.to_thread.run_sync(open_in_mount, self.mountpoint, vfid, parts)
         try:
             st = await trio.to_thread.run_sync(os.fstat, fd)
             name = parts[-1] if parts else vfid.hex

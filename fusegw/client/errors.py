@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from fusegw.errors import GatewayError, InvalidParameters
+from fusegw.errors import GatewayError
 from fusegw.ledger.usage import QuotaExceeded
 
 
@@ -29,19 +29,6 @@ class TokenMismatch(GatewayError):
     title = "The token does not allow this"
     status = 403
     errno = errno.EPERM
-
-
-class PathEscape(InvalidParameters):
-    """A relpath that would leave its vfolder: `..`, absolute, or a symlink on the way."""
-
-    kind = "invalid-api-params"
-
-
-class FileNotFound(GatewayError):
-    kind = "file-not-found"
-    title = "File not found"
-    status = 404
-    errno = errno.ENOENT
 
 
 class NoSuchUploadSession(GatewayError):

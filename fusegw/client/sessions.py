@@ -35,9 +35,10 @@ from fusegw.client.errors import (
     UploadQuotaExceeded,
     UploadTooLarge,
 )
-from fusegw.client.paths import open_child, open_dir_beneath
+from fusegw.client.paths import open_dir_in
 from fusegw.control.app import ClientGone
 from fusegw.errors import VFolderNotFound
+from fusegw.files import MountFiles
 from fusegw.fs import syscalls
 from fusegw.ids import VFolderID
 from fusegw.layout import STATE_DIR
@@ -51,7 +52,6 @@ UPLOADS_DIR = "uploads"
 PIECE = 1024 * 1024  # bytes gathered before each admitted write
 SYNC_EVERY = 64 * 2**20  # written back and re-measured this often within one PATCH
 FILE_MODE = 0o644
-DIR_MODE = 0o755
 
 Invalidate = Callable[[list[str]], Awaitable[None]]
 Release = Callable[[os.stat_result], int]
@@ -264,11 +264,14 @@ class Uploads:
         """Move the complete file into the vfolder (parents made through the mount, so they
         are accounted like any mkdir), replacing a file of that name, and forget the session."""
         vf_path = session.vfid.relpath()
-        owner = await trio.to_thread.run_sync(_make_parents, str(self.mountpoint / vf_path),
-                                              parts[:-1])
-        parent = open_dir_beneath(str(self.source / vf_path), parts[:-1])
+        files = MountFiles(self.mountpoint)
+        if len(parts) > 1:  # through the mount: accounted and owned as the file routes' mkdir
+            await trio.to_thread.run_sync(files.mkdir, session.vfid, tuple(parts[:-1]),
+                                          True, True)
+        parent = open_dir_in(self.source / vf_path, parts[:-1])
         try:
-            self._rename_into(session, parent, parts[-1], owner)
+            owner = os.fstat(parent)
+            self._rename_into(session, parent, parts[-1], (owner.st_uid, owner.st_gid))
         finally:
             os.close(parent)
         self._forget(session)
@@ -342,24 +345,3 @@ class Uploads:
         self._forget(session)
         log.info("upload session expired session=%s vfid=%s", session.id, session.vfid)
 
-
-def _make_parents(base: str, parts: list[str]) -> tuple[int, int]:
-    """mkdir each missing parent through the mount (the FUSE mkdir charges and enforces),
-    owned like the vfolder's root; no symlink is followed. The owner, for the file too."""
-    fd = open_dir_beneath(base, [])
-    try:
-        st = os.fstat(fd)
-        owner = (st.st_uid, st.st_gid)
-        for name in parts:
-            try:
-                os.mkdir(name, DIR_MODE, dir_fd=fd)
-            except FileExistsError:
-                pass
-            else:
-                os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
-            child = open_child(fd, name)
-            os.close(fd)
-            fd = child
-        return owner
-    finally:
-        os.close(fd)
