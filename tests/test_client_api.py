@@ -8,8 +8,10 @@ done, and an upload past the scope's limit stores nothing past it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -21,15 +23,18 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from tusclient import client as tus
 
 from tests.conftest import (
     Gateway,
     du_bytes,
     free_port,
     new_qsid,
+    private_source,
     scope_hex,
     start_gateway,
     vfolder_rel,
+    wait_for,
 )
 
 SECRET = "some-secret-private-for-storage-proxy"
@@ -308,4 +313,285 @@ def test_zip_of_a_directory_with_10000_files(gw: Gateway, base: str) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         assert len(zf.namelist()) == 1000
+    vf.assert_exact()
+
+
+# -- tus /upload --------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def patch_then_drop(base: str, token: str, offset: int, data_path: Path, total: int,
+                    send: int) -> None:
+    """A PATCH announcing `total` bytes that sends only `send` of them and drops the
+    connection, as a client whose network went away."""
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as s:
+        s.sendall((f"PATCH /upload?token={token} HTTP/1.1\r\nHost: x\r\n"
+                   f"Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n"
+                   "Content-Type: application/offset+octet-stream\r\n"
+                   f"Content-Length: {total}\r\n\r\n").encode())
+        with open(data_path, "rb") as f:
+            f.seek(offset)
+            left = send
+            while left:
+                chunk = f.read(min(left, 4 * MiB))
+                s.sendall(chunk)
+                left -= len(chunk)
+
+
+def tus_offset(base: str, token: str) -> int:
+    r = httpx.head(f"{base}/upload", params={"token": token}, headers=TUS)
+    assert r.status_code == 200, r.text
+    return int(r.headers["upload-offset"])
+
+
+UPLOAD_SIZE = 1024 * MiB
+
+
+def test_tus_upload_interrupted_and_resumed_1gib(gw: Gateway, base: str,
+                                                 public_dir: Path) -> None:
+    """1 GiB with a real tus client (tuspy): a PATCH dropped mid-body, a gateway restart,
+    then tuspy resumes from HEAD's Upload-Offset; the file is identical, usage == du."""
+    vf = make_vfolder(gw, limit_bytes=2 * UPLOAD_SIZE)
+    src = random_file(public_dir / "upload.bin", UPLOAD_SIZE)
+    want = sha256_of(src)
+    token = vf.token("upload", relpath="deep/dir/upload.bin", size=UPLOAD_SIZE)
+    url = f"{base}/upload?token={token}"
+    started = time.monotonic()
+    patch_then_drop(base, token, 0, src, UPLOAD_SIZE, UPLOAD_SIZE // 3)
+    first = wait_for(lambda: tus_offset(base, token) or None, what="first part stored")
+    first = wait_for(lambda: ((o := tus_offset(base, token)) == first and o) or None)
+    assert 0 < first <= UPLOAD_SIZE // 3
+    gw.stop()  # state persisted: the session survives a restart
+    gw.start()
+    resumed = tus_offset(base, token)
+    assert resumed == first
+    uploader = tus.TusClient(url).uploader(file_path=str(src), url=url, chunk_size=256 * MiB)
+    assert uploader.offset == resumed  # tuspy asked HEAD
+    uploader.upload()
+    seconds = time.monotonic() - started
+    target = vf.path / "deep/dir/upload.bin"
+    assert target.stat().st_size == UPLOAD_SIZE
+    assert sha256_of(target) == want
+    assert not (uploads_dir(gw) / token_session(token)).exists()  # moved, not copied
+    vf.assert_exact()
+    print(f"\n1 GiB tus upload, dropped at {first} bytes, gateway restarted, resumed: "
+          f"{seconds:.1f} s")
+    r = httpx.head(f"{base}/upload", params={"token": token}, headers=TUS)
+    assert r.status_code == 404  # the session is done
+    src.unlink()
+    target.unlink()
+    vf.assert_exact()
+
+
+def token_session(token: str) -> str:
+    session: str = jwt.decode(token, SECRET, algorithms=["HS256"])["session"]
+    return session
+
+
+def test_tus_refuses_what_tus_forbids(gw: Gateway, base: str) -> None:
+    """A wrong Upload-Offset (409), a wrong content type (415), another tus version (412),
+    more than the upload's size (413, nothing past it stored), bad tokens: nothing changed."""
+    vf = make_vfolder(gw)
+    token = vf.token("upload", relpath="t.bin", size=1000)
+    url = f"{base}/upload"
+    q = {"token": token}
+    ok = {**TUS, **OFFSET_TYPE}
+    r = httpx.patch(url, params=q, headers={**ok, "Upload-Offset": "5"}, content=b"x" * 10)
+    assert r.status_code == 409, r.text
+    r = httpx.patch(url, params=q, headers={**TUS, "Upload-Offset": "0",
+                                            "Content-Type": "text/plain"}, content=b"x")
+    assert r.status_code == 415
+    r = httpx.patch(url, params=q, headers={**ok, "Tus-Resumable": "0.2.2",
+                                            "Upload-Offset": "0"}, content=b"x")
+    assert r.status_code == 412
+    r = httpx.patch(url, params=q, headers={**ok, "Upload-Offset": "abc"}, content=b"x")
+    assert r.status_code == 400
+    r = httpx.patch(url, params=q, headers={**ok, "Upload-Offset": "0"}, content=b"x" * 1001)
+    assert r.status_code == 413, r.text
+    assert tus_offset(base, token) == 0  # nothing past the size, and here nothing at all
+    for bad in [sign({"op": "upload", "volume": gw.volume, "vfid": vf.vfid,
+                      "session": token_session(token), "relpath": "t.bin", "size": 1000},
+                     "another-secret-of-another-storage-proxy"),
+                sign({"op": "upload", "volume": gw.volume, "vfid": vf.vfid,
+                      "session": "0" * 32, "relpath": "t.bin", "size": 1000}),
+                vf.token("download", relpath="t.bin")]:
+        r = httpx.patch(url, params={"token": bad}, headers={**ok, "Upload-Offset": "0"},
+                        content=b"x")
+        assert r.status_code in (401, 403, 404), r.text
+    r = httpx.patch(url, params=q, headers={**ok, "Upload-Offset": "0"}, content=b"y" * 600)
+    assert r.status_code == 204 and r.headers["upload-offset"] == "600"
+    r = httpx.patch(url, params=q, headers={**ok, "Upload-Offset": "600"}, content=b"z" * 400)
+    assert r.status_code == 204 and r.headers["upload-offset"] == "1000"
+    assert (vf.path / "t.bin").read_bytes() == b"y" * 600 + b"z" * 400
+    vf.assert_exact()
+    assert_serving(gw, base)
+
+
+def test_upload_past_the_scope_limit_is_refused(gw: Gateway, base: str,
+                                                public_dir: Path) -> None:
+    """Admitted piece by piece against the scope's limit: refused (413, which tus clients do
+    not retry) before the excess is stored; an upload bigger than the limit itself is refused
+    when the manager asks for the token."""
+    limit = 8 * MiB
+    vf = make_vfolder(gw, limit_bytes=limit)
+    (vf.path / "existing").write_bytes(os.urandom(3 * MiB))
+    r = gw.request("POST", "/folder/file/upload", {"volume": gw.volume, "vfid": vf.vfid,
+                                                   "relpath": "big", "size": 9 * MiB})
+    assert r.status_code in (409, 413) and "quota" in r.json()["type"], r.text
+    src = random_file(public_dir / "six.bin", 6 * MiB)
+    token = vf.token("upload", relpath="six.bin", size=6 * MiB)
+    url = f"{base}/upload?token={token}"
+    with pytest.raises(Exception) as refused:
+        tus.TusClient(url).uploader(file_path=str(src), url=url, chunk_size=6 * MiB).upload()
+    assert "413" in str(refused.value) or getattr(refused.value, "status_code", 0) == 413
+    data = uploads_dir(gw) / token_session(token)
+    stored = os.stat(data).st_blocks * 512
+    used = vf.used()
+    assert used <= limit
+    assert used == du_bytes(vf.scope_dir) + stored  # charged as it arrived
+    assert tus_offset(base, token) == os.stat(data).st_size < 6 * MiB
+    assert not (vf.path / "six.bin").exists()
+    src.unlink()
+
+
+@pytest.fixture
+def short_lived(public_dir: Path) -> Iterator[tuple[Gateway, str]]:
+    """A gateway read from a storage proxy's own file: [api.client] service-addr,
+    [storage-proxy] secret and a session-expire of 1 s."""
+    port = free_port()
+    source = private_source(public_dir, "shortlived")
+    mnt = public_dir / "shortlived.mnt"
+    mnt.mkdir()
+    config = public_dir / "shortlived.toml"
+    config.write_text(f"""
+[storage-proxy]
+secret = "{SECRET}"
+session-expire = "1s"
+
+[api.client]
+service-addr = {{ host = "127.0.0.1", port = {port} }}
+ssl-enabled = false
+
+[volume.shortlived]
+backend = "vfs"
+path = "{source}"
+mountpoint = "{mnt}"
+""")
+    g = Gateway(source, mnt, public_dir / "shortlived.sock", public_dir / "shortlived.log",
+                "shortlived", ["--config", str(config)])
+    try:
+        g.start()
+        yield g, f"http://127.0.0.1:{port}"
+    finally:
+        g.stop()
+
+
+def test_abandoned_upload_is_removed_after_session_expire(
+        short_lived: tuple[Gateway, str]) -> None:
+    gw, base = short_lived
+    vf = make_vfolder(gw, limit_bytes=64 * MiB)
+    token = vf.token("upload", relpath="half.bin", size=4 * MiB)
+    r = httpx.patch(f"{base}/upload", params={"token": token},
+                    headers={**TUS, **OFFSET_TYPE, "Upload-Offset": "0"},
+                    content=os.urandom(2 * MiB))
+    assert r.status_code == 204, r.text
+    data = uploads_dir(gw) / token_session(token)
+    assert vf.used() > du_bytes(vf.scope_dir)  # the half upload is charged
+    wait_for(lambda: not data.exists() and not data.with_suffix(".json").exists(),
+             what="abandoned session removed")
+    vf.assert_exact()  # and uncharged
+    r = httpx.head(f"{base}/upload", params={"token": token}, headers=TUS)
+    assert r.status_code in (401, 404)
+
+
+# -- CORS ---------------------------------------------------------------------------------------
+
+
+def test_cors_as_the_storage_proxy_sends_it(gw: Gateway, base: str) -> None:
+    vf = make_vfolder(gw)
+    (vf.path / "c.txt").write_text("cors")
+    origin = {"Origin": "https://webui.example.com"}
+    r = httpx.options(f"{base}/upload", headers=origin)
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert r.headers["access-control-allow-methods"] == "*"
+    assert "Upload-Offset" in r.headers["access-control-allow-headers"]
+    assert "Upload-Offset" in r.headers["access-control-expose-headers"]
+    assert r.headers["tus-resumable"] == "1.0.0" and r.headers["tus-version"] == "1.0.0"
+    assert int(r.headers["tus-max-size"]) == 100 * 2**30
+    assert "tus-extension" in r.headers
+    token = vf.token("upload", relpath="u", size=1)
+    r = httpx.head(f"{base}/upload", params={"token": token}, headers=origin)
+    assert r.headers["access-control-allow-origin"] == "*"
+    r = httpx.head(f"{base}/upload", params={"token": "bad"}, headers=origin)
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "*"
+    # /download: aiohttp_cors with credentials, the origin echoed, headers exposed
+    r = httpx.options(f"{base}/download", headers={
+        **origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "range"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == origin["Origin"]
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert r.headers["access-control-allow-methods"] == "GET"
+    assert r.headers["access-control-allow-headers"] == "range"
+    r = httpx.get(f"{base}/download", params={"token": vf.token("download", relpath="c.txt")},
+                  headers=origin)
+    assert r.status_code == 200 and r.text == "cors"
+    assert r.headers["access-control-allow-origin"] == origin["Origin"]
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert "content-disposition" in r.headers["access-control-expose-headers"]
+    r = httpx.get(f"{base}/download", params={"token": vf.token("download", relpath="c.txt")})
+    assert "access-control-allow-origin" not in r.headers  # no Origin, no CORS
+    assert httpx.options(f"{base}/download").status_code == 403  # not a preflight
+
+
+def test_unknown_routes_and_methods(gw: Gateway, base: str) -> None:
+    assert httpx.get(f"{base}/").status_code == 404
+    assert httpx.post(f"{base}/upload").status_code == 405
+    assert httpx.delete(f"{base}/download").status_code == 405
+    r = httpx.get(f"{base}/download", params={"token": "x"}, headers={"Upgrade": "h2c"})
+    assert r.status_code == 400
+    assert_serving(gw, base)
+
+
+def test_upload_charge_survives_kill9_and_rescan(gw: Gateway, base: str) -> None:
+    """After kill -9 the scope being written is rescanned, which sees only the scope's own
+    directory: the half-stored upload's charge comes back with it (a ledger Settler), the
+    upload resumes, and usage == du once it is complete."""
+    vf = make_vfolder(gw, limit_bytes=64 * MiB)
+    data = os.urandom(4 * MiB)
+    token = vf.token("upload", relpath="k.bin", size=len(data))
+    q = {"token": token}
+    r = httpx.patch(f"{base}/upload", params=q,
+                    headers={**TUS, **OFFSET_TYPE, "Upload-Offset": "0"}, content=data[:MiB])
+    assert r.status_code == 204
+    stored = os.stat(uploads_dir(gw) / token_session(token)).st_blocks * 512
+    assert vf.used() == du_bytes(vf.scope_dir) + stored
+    gw.kill9()
+    gw.start()
+    wait_for(lambda: gw.request("GET", "/").json()["accounting"] == "ready", what="rescan")
+    assert vf.qsid in [r["qsid"] for r in gw.request("GET", "/").json()["rebuilds"]]
+    assert vf.used() == du_bytes(vf.scope_dir) + stored
+    r = httpx.patch(f"{base}/upload", params=q, headers={
+        **TUS, **OFFSET_TYPE, "Upload-Offset": str(tus_offset(base, token))},
+        content=data[MiB:])
+    assert r.status_code == 204, r.text
+    assert (vf.path / "k.bin").read_bytes() == data
     vf.assert_exact()
