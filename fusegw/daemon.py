@@ -160,7 +160,7 @@ class Gateway:
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
-                     metrics).install(app)
+                     metrics, s.fsprefix).install(app)
         FileRoutes(s.volume, s.mountpoint, vfolders).install(app)  # after: wraps GET /
         client = (ClientAPI(s, self.ledger, self._invalidate_path, self.ops.late.release)
                   if s.client_secret else None)

@@ -53,6 +53,7 @@ class MountSettings:
     allow_nonempty_mountpoint: bool = False  # mount over files (they are hidden meanwhile)
     adopt_nonempty: bool = False  # serve a non-empty directory that is no volume yet
     clear_dead: bool = False  # lazily unmount a dead fusegw mount at MOUNTPOINT first
+    fsprefix: str = "."  # the storage proxy's key, reported in GET /volumes
     client_listen: str | None = None  # "HOST:PORT": the client API (downloads, uploads), off
     client_secret: str | None = None  # signs its JWTs: the storage proxy's secret
     session_expire: float = 86400.0  # seconds a token (and an idle upload) lives

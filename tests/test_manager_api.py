@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import Gateway, new_qsid, start_gateway, vfolder_rel
+from conftest import Gateway, new_qsid, private_source, start_gateway, vfolder_rel
 from test_folders import volume_state
 
 from backends import BackendError
@@ -148,6 +148,24 @@ def test_volumes_shape(gw: Gateway, client: httpx.Client) -> None:
     assert entry == {"name": gw.volume, "backend": "vfs", "path": str(gw.mountpoint),
                      "fsprefix": ".", "capabilities": sorted(STORAGE_PROXY_CAPS)}, entry
     assert set(GATEWAY_CAPABILITIES) <= STORAGE_PROXY_CAPS
+
+
+def test_volumes_fsprefix_from_the_config(public_dir: Path) -> None:
+    """`[volume.NAME] fsprefix` of the node's configuration (the storage proxy's key) is
+    what GET /volumes reports."""
+    source = private_source(public_dir, "fsp")
+    (public_dir / "fsp.mnt").mkdir()
+    config = public_dir / "fsp.toml"
+    config.write_text(f'[volume.fsp]\nbackend = "vfs"\npath = "{source}"\n'
+                      'fsprefix = "vfolders"\n')
+    g = Gateway(source, public_dir / "fsp.mnt", public_dir / "fsp.sock",
+                public_dir / "fsp.log", "fsp", ["--config", str(config)])
+    try:
+        g.start()
+        (entry,) = g.request("GET", "/volumes").json()["volumes"]
+        assert entry["name"] == "fsp" and entry["fsprefix"] == "vfolders", entry
+    finally:
+        g.stop()
 
 
 # -- GET /folder/fs-usage ----------------------------------------------------------------------

@@ -214,6 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
                                        args.allow_nonempty_mountpoint, False),
         adopt_nonempty=pick("adopt_nonempty", args.adopt_nonempty, False),
         clear_dead=pick("clear_dead", args.clear_dead, False),
+        fsprefix=str(table.fsprefix) if table else ".",
         cache_timeout=pick("cache_timeout"),
         read_ahead_kb=pick("read_ahead_kb", default=4096),
         fuse_options=fuse,
