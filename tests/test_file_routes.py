@@ -263,6 +263,16 @@ def test_mkdir_flags_as_the_storage_proxy(api: Api, vf: Folder) -> None:
     vf.assert_usage_is_du()
 
 
+def test_a_new_directory_takes_the_owner_of_its_parent(api: Api, vf: Folder) -> None:
+    """The storage proxy's files are its own user's; ours, made by root, take the owner of
+    the directory they are made in, so the vfolder's owner can use them."""
+    os.chown(vf.mnt, 1000, 1001)
+    assert api.file("mkdir", vf, relpath="p/q").status_code == 204
+    for path in (vf.mnt / "p", vf.mnt / "p" / "q"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1001, 0o755)
+
+
 def test_mkdir_takes_query_parameters_as_the_manager_sends_them(api: Api, vf: Folder) -> None:
     params = {"volume": api.gw.volume, "vfid": vf.vfid, "relpath": "u1", "exist_ok": "True"}
     assert api.post("/folder/file/mkdir", params=params).status_code == 204
