@@ -472,30 +472,33 @@ def test_upload_past_the_scope_limit_is_refused(gw: Gateway, base: str,
 
 
 @pytest.fixture
-def short_lived(public_dir: Path) -> Iterator[tuple[Gateway, str]]:
+def short_lived(public_dir: Path, request: pytest.FixtureRequest
+                ) -> Iterator[tuple[Gateway, str]]:
     """A gateway read from a storage proxy's own file: [api.client] service-addr,
-    [storage-proxy] secret and a session-expire of 1 s."""
+    [storage-proxy] secret and a session-expire (60 s, or the test's indirect parameter)."""
+    expire = getattr(request, "param", "60s")
     port = free_port()
-    source = private_source(public_dir, "shortlived")
-    mnt = public_dir / "shortlived.mnt"
+    name = f"short{uuid.uuid4().hex[:8]}"
+    source = private_source(public_dir, name)
+    mnt = public_dir / f"{name}.mnt"
     mnt.mkdir()
-    config = public_dir / "shortlived.toml"
+    config = public_dir / f"{name}.toml"
     config.write_text(f"""
 [storage-proxy]
 secret = "{SECRET}"
-session-expire = "1s"
+session-expire = "{expire}"
 
 [api.client]
 service-addr = {{ host = "127.0.0.1", port = {port} }}
 ssl-enabled = false
 
-[volume.shortlived]
+[volume.{name}]
 backend = "vfs"
 path = "{source}"
 mountpoint = "{mnt}"
 """)
-    g = Gateway(source, mnt, public_dir / "shortlived.sock", public_dir / "shortlived.log",
-                "shortlived", ["--config", str(config)])
+    g = Gateway(source, mnt, public_dir / f"{name}.sock", public_dir / f"{name}.log",
+                name, ["--config", str(config)])
     try:
         g.start()
         yield g, f"http://127.0.0.1:{port}"
@@ -503,6 +506,47 @@ mountpoint = "{mnt}"
         g.stop()
 
 
+def test_first_requests_on_a_fresh_mount(short_lived: tuple[Gateway, str]) -> None:
+    """The very first open and close of the mount come from the client API (the kernel's
+    first FLUSH waits for the gateway's answer): served from worker threads, no deadlock.
+    An empty upload, which no PATCH completes, is moved into place by its HEAD."""
+    gw, base = short_lived
+    vf = make_vfolder(gw)
+    token = vf.token("upload", relpath="first.txt", size=5)
+    r = httpx.patch(f"{base}/upload", params={"token": token},
+                    headers={**TUS, **OFFSET_TYPE, "Upload-Offset": "0"}, content=b"hello")
+    assert r.status_code == 204
+    r = httpx.get(f"{base}/download", params={"token": vf.token("download",
+                                                                relpath="first.txt")})
+    assert r.status_code == 200 and r.content == b"hello"
+    empty = vf.token("upload", relpath="sub/empty.txt", size=0)
+    assert tus_offset(base, empty) == 0
+    assert (vf.path / "sub" / "empty.txt").read_bytes() == b""
+    vf.assert_exact()
+
+
+@pytest.mark.parametrize("short_lived", ["3s"], indirect=True)
+def test_upload_into_a_deleted_vfolder(short_lived: tuple[Gateway, str]) -> None:
+    """The vfolder goes while its upload is half done: the next PATCH is a 404, and the
+    session's charge, which went with the vfolder's figures, is not taken twice."""
+    gw, base = short_lived
+    vf = make_vfolder(gw)
+    token = vf.token("upload", relpath="gone.bin", size=2 * MiB)
+    ok = {**TUS, **OFFSET_TYPE}
+    r = httpx.patch(f"{base}/upload", params={"token": token},
+                    headers={**ok, "Upload-Offset": "0"}, content=os.urandom(MiB))
+    assert r.status_code == 204
+    r = gw.request("POST", "/folder/delete", {"volume": gw.volume, "vfid": vf.vfid})
+    assert r.status_code == 204
+    r = httpx.patch(f"{base}/upload", params={"token": token},
+                    headers={**ok, "Upload-Offset": str(MiB)}, content=os.urandom(MiB))
+    assert r.status_code == 404, r.text
+    data = uploads_dir(gw) / token_session(token)
+    wait_for(lambda: not data.exists(), what="session removed")
+    vf.assert_exact()
+
+
+@pytest.mark.parametrize("short_lived", ["2s"], indirect=True)
 def test_abandoned_upload_is_removed_after_session_expire(
         short_lived: tuple[Gateway, str]) -> None:
     gw, base = short_lived

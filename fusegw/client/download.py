@@ -97,8 +97,8 @@ class Downloads:
             else:
                 raise InvalidParameters("The file is not a regular file.",
                                         data={"relpath": "not a regular file"})
-        finally:
-            os.close(fd)
+        finally:  # a close on the mount is a FUSE request (FLUSH): never on this thread
+            await trio.to_thread.run_sync(os.close, fd)
 
     async def _file(self, scope: Scope, send: Send, fd: int, st: os.stat_result, name: str,
                     no_cache: bool) -> None:

@@ -38,7 +38,7 @@ from fusegw.client.errors import (
 from fusegw.client.paths import open_dir_in
 from fusegw.control.app import ClientGone
 from fusegw.errors import VFolderNotFound
-from fusegw.files import MountFiles
+from fusegw.files import MountFiles, os_errors
 from fusegw.fs import syscalls
 from fusegw.ids import VFolderID
 from fusegw.layout import STATE_DIR
@@ -148,6 +148,24 @@ class Uploads:
         if nbytes or ninodes:
             scope.charge(scope.vfolder(session.vfid.hex), nbytes, ninodes)
 
+    def _uncharge(self, session: Session) -> None:
+        """Take a session's charge back; a vfolder deleted meanwhile took it along (its
+        delete uncharges the vfolder's figures, which held it)."""
+        scope = self.ledger.scopes.get(session.vfid.quota_scope_id.pathname)
+        if scope is not None and session.vfid.hex in scope.vfolders and session.charged:
+            self.ledger.begin_change(scope)
+            self._charge(session, scope, -session.charged)
+        session.charged = 0
+
+    def _check_vfolder(self, session: Session) -> None:
+        """The target vfolder must still be there (on the backing side: no mount involved)."""
+        try:
+            st = os.stat(self.source / session.vfid.relpath(), follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise VFolderNotFound(f"vfolder {session.vfid} does not exist any more")
+
     # -- Settler: the ledger's rescans count only scope directories ------------------------
 
     def pending(self, scope: ScopeUsage) -> bool:
@@ -174,6 +192,7 @@ class Uploads:
         `prefix` (the query's `dst_dir`) goes before the token's relpath when complete."""
         if session.lock.locked():
             raise UploadConflict("another PATCH of this upload is running")
+        self._check_vfolder(session)
         async with session.lock:
             fd = os.open(self.dir / session.id, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -260,6 +279,18 @@ class Uploads:
 
     # -- completion -------------------------------------------------------------------------
 
+    async def complete_if_whole(self, session: Session) -> int:
+        """The offset; an upload whose bytes are all there but which was not moved into
+        place yet (an empty upload, which no PATCH ever completes, or a stop between the
+        last write and the move) is moved now."""
+        offset = self.offset(session)
+        if offset == session.size and not session.lock.locked():
+            self._check_vfolder(session)
+            async with session.lock:
+                if session.id in self.sessions:
+                    await self._finish(session, session.parts)
+        return offset
+
     async def _finish(self, session: Session, parts: list[str]) -> None:
         """Move the complete file into the vfolder (parents made through the mount, so they
         are accounted like any mkdir), replacing a file of that name, and forget the session."""
@@ -268,7 +299,8 @@ class Uploads:
         if len(parts) > 1:  # through the mount: accounted and owned as the file routes' mkdir
             await trio.to_thread.run_sync(files.mkdir, session.vfid, tuple(parts[:-1]),
                                           True, True)
-        parent = open_dir_in(self.source / vf_path, parts[:-1])
+        with os_errors(vf_path):
+            parent = open_dir_in(self.source / vf_path, parts[:-1])
         try:
             owner = os.fstat(parent)
             self._rename_into(session, parent, parts[-1], (owner.st_uid, owner.st_gid))
@@ -335,11 +367,7 @@ class Uploads:
                 self._drop(session)
 
     def _drop(self, session: Session) -> None:
-        with contextlib.suppress(VFolderNotFound):
-            scope = self._scope(session.vfid)
-            self.ledger.begin_change(scope)
-            self._charge(session, scope, -session.charged)
-        session.charged = 0
+        self._uncharge(session)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dir / session.id)
         self._forget(session)

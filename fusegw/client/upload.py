@@ -60,7 +60,8 @@ class TusUploads:
 
     async def head(self, scope: Scope, send: Send) -> None:
         session = self._session(scope)
-        await respond(send, 200, self._headers(session, self.uploads.offset(session)))
+        offset = await self.uploads.complete_if_whole(session)
+        await respond(send, 200, self._headers(session, offset))
 
     async def patch(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self._session(scope)
