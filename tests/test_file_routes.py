@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,6 +284,12 @@ def test_mkdir_takes_query_parameters_as_the_manager_sends_them(api: Api, vf: Fo
     assert not (vf.mnt / "u2").exists()
 
 
+def test_list_answers_at_most_the_storage_proxys_scandir_limit(api: Api, vf: Folder) -> None:
+    for i in range(1005):
+        (vf.mnt / f"f{i:04}").touch()
+    assert len(api.file("list", vf, relpath="").json()["items"]) == 1000
+
+
 def test_rename_and_move(api: Api, vf: Folder) -> None:
     (vf.mnt / "d").mkdir()
     (vf.mnt / "f").write_bytes(b"data")
@@ -485,6 +492,19 @@ def test_a_long_clone_goes_on_in_the_background(api: Api, vf: Folder) -> None:
 
     assert wait_for(state, what="clone done") == "done"
     assert tree(dst.mnt) == tree(vf.mnt)
+    dst.assert_usage_is_du()
+
+
+def test_the_gateway_serves_while_a_clone_copies(api: Api, vf: Folder) -> None:
+    """The copy runs in a thread of its own: requests (and the mount) are answered meanwhile."""
+    populate(vf, 64 * MiB)
+    dst = new_folder(api.gw)
+    assert clone(api, vf, dst.vfid, options={"wait_seconds": 0}).status_code in (200, 204)
+    started = time.monotonic()
+    assert api.file("list", vf, relpath="").status_code == 200
+    assert (vf.mnt / "small").read_bytes() == b"s"
+    assert time.monotonic() - started < 2.0
+    wait_for(lambda: tree(dst.mnt) == tree(vf.mnt), what="clone done")
     dst.assert_usage_is_du()
 
 
