@@ -430,6 +430,17 @@ class _Frame:
     dst: int
     names: list[str]
     st: os.stat_result | None  # None: the top, whose metadata the destination keeps
+    path: str = ""  # below the copy's top
+
+
+@dataclass
+class _Copy:
+    """One tree copy: its job, the top of the destination, and the first copy of each
+    source inode with more than one link, so further links are links again (as `cp -a`)."""
+
+    job: CloneJob
+    top: int
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 class Cloner:
@@ -478,16 +489,16 @@ class Cloner:
             try:
                 with closing(open_beneath(sroot, (), READ_DIR)) as s, \
                         closing(os.open(tmp, READ_DIR | os.O_NOFOLLOW, dir_fd=droot)) as d:
-                    self._copy_tree(job, s, d)
+                    self._copy_tree(_Copy(job, d), s)
                     self._move_into_place(d, droot)
                 os.rmdir(tmp, dir_fd=droot)
             except BaseException:
                 shutil.rmtree(tmp, dir_fd=droot, onerror=_log_cleanup)
                 raise
 
-    def _copy_tree(self, job: CloneJob, src: int, dst: int) -> None:
+    def _copy_tree(self, copy: _Copy, src: int) -> None:
         """Depth first with an explicit stack (no recursion limit on deep trees)."""
-        frames = [_Frame(os.dup(src), os.dup(dst), sorted(os.listdir(src)), None)]
+        frames = [_Frame(os.dup(src), os.dup(copy.top), sorted(os.listdir(src)), None)]
         try:
             while frames:
                 top = frames[-1]
@@ -495,7 +506,7 @@ class Cloner:
                     frames.pop()
                     _finish_dir(top)
                     continue
-                child = self._copy_entry(job, top, top.names.pop())
+                child = self._copy_entry(copy, top, top.names.pop())
                 if child is not None:
                     frames.append(child)
         finally:
@@ -503,19 +514,32 @@ class Cloner:
                 os.close(frame.src)
                 os.close(frame.dst)
 
-    def _copy_entry(self, job: CloneJob, top: _Frame, name: str) -> _Frame | None:
+    def _copy_entry(self, copy: _Copy, top: _Frame, name: str) -> _Frame | None:
+        job = copy.job
         try:
             st = os.stat(name, dir_fd=top.src, follow_symlinks=False)
         except FileNotFoundError:
             return None  # removed from the source during the copy
+        path = f"{top.path}/{name}" if top.path else name
         if stat.S_ISDIR(st.st_mode):
             os.mkdir(name, 0o700, dir_fd=top.dst)
             job.files += 1
             s = os.open(name, READ_DIR | os.O_NOFOLLOW, dir_fd=top.src)
-            d = os.open(name, READ_DIR | os.O_NOFOLLOW, dir_fd=top.dst)
-            return _Frame(s, d, sorted(os.listdir(s)), st)
-        if stat.S_ISREG(st.st_mode):
+            try:
+                names = sorted(os.listdir(s))
+                return _Frame(s, os.open(name, READ_DIR | os.O_NOFOLLOW, dir_fd=top.dst),
+                              names, st, path)
+            except BaseException:
+                os.close(s)
+                raise
+        first = copy.links.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+        if first is not None:
+            os.link(first, name, src_dir_fd=copy.top, dst_dir_fd=top.dst, follow_symlinks=False)
+            job.files += 1
+        elif stat.S_ISREG(st.st_mode):
             _copy_file(job, top, name, st)
+            if st.st_nlink > 1:
+                copy.links[(st.st_dev, st.st_ino)] = path
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(name, dir_fd=top.src), name, dir_fd=top.dst)
             os.chown(name, st.st_uid, st.st_gid, dir_fd=top.dst, follow_symlinks=False)

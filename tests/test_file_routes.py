@@ -438,10 +438,13 @@ def populate(vf: Folder, size: int = 300_000) -> None:
 
 def test_clone_copies_the_tree_into_a_new_vfolder(api: Api, vf: Folder) -> None:
     populate(vf)
+    os.link(vf.mnt / "d" / "e" / "big", vf.mnt / "hard")
     dst = Folder(api.gw, new_qsid(), uuid.uuid4().hex)  # missing, in another scope
     api.gw.create_scope(dst.qsid)
     assert clone(api, vf, dst.vfid).status_code == 204
     assert tree(dst.mnt) == tree(vf.mnt)
+    assert (dst.mnt / "hard").stat().st_ino == (dst.mnt / "d" / "e" / "big").stat().st_ino
+    assert (dst.mnt / "small").stat().st_ino != (vf.mnt / "small").stat().st_ino
     assert (dst.mnt / "small").stat().st_mtime == (vf.mnt / "small").stat().st_mtime
     vf.assert_usage_is_du()
     dst.assert_usage_is_du()  # charged to the destination's scope
