@@ -639,3 +639,25 @@ def test_upload_charge_survives_kill9_and_rescan(gw: Gateway, base: str) -> None
     assert r.status_code == 204, r.text
     assert (vf.path / "k.bin").read_bytes() == data
     vf.assert_exact()
+
+
+def test_download_given_up_stops_reading(gw: Gateway, base: str) -> None:
+    """A client that goes away mid-zip: the gateway stops reading the tree (hypercorn drops
+    what is sent to a closed connection silently, so it watches for the disconnect)."""
+    vf = make_vfolder(gw)
+    tree = vf.path / "big"
+    tree.mkdir()
+    for i in range(64):
+        (tree / f"r{i:02d}.bin").write_bytes(os.urandom(4 * MiB))  # 256 MiB, incompressible
+    reads = gw.request("GET", "/").json()["fuse_requests"].get("read", 0)
+    token = vf.token("download", relpath="big", archive=True)
+    with httpx.stream("GET", f"{base}/download", params={"token": token}) as r:
+        assert r.status_code == 200
+        got = next(r.iter_bytes())
+        assert got[:2] == b"PK"
+    wait_for(lambda: "download given up by the client" in gw.read_log(), what="give-up")
+    done = gw.request("GET", "/").json()["fuse_requests"].get("read", 0) - reads
+    # a whole read of 256 MiB takes at least 256 reads of 1 MiB (the mount's largest)
+    print(f"\nreads after give-up: {done}")
+    assert done < 128, done
+    assert_serving(gw, base)

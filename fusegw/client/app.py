@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Awaitable
 from typing import Any
+
+import trio
 
 from fusegw.client.download import Downloads
 from fusegw.client.http import (
@@ -79,7 +82,7 @@ class ClientApp:
             if method == "OPTIONS":
                 await _preflight(scope, send)
             else:
-                await self.downloads.handle(scope, send)
+                await _until_disconnect(receive, self.downloads.handle(scope, send))
         elif method == "OPTIONS":
             await self.uploads.options(scope, send)
         elif method == "HEAD":
@@ -96,6 +99,22 @@ class ClientApp:
         if scope["method"] == "PATCH":  # the body may be unread: this connection is done
             headers.append((b"connection", b"close"))
         await respond(send, error.status, headers, b"" if scope["method"] == "HEAD" else body)
+
+
+async def _until_disconnect(receive: Receive, answer: Awaitable[None]) -> None:
+    """Run `answer`, cancelled if the client goes away: hypercorn drops what is sent to a
+    closed connection without an error, so a download nobody reads would go on reading the
+    mount (a zip of a whole tree) to the end. The disconnect arrives through `receive`."""
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            log.info("download given up by the client path=%s", "/download")
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await answer
+        nursery.cancel_scope.cancel()
 
 
 async def _preflight(scope: Scope, send: Send) -> None:

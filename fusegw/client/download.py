@@ -7,6 +7,7 @@ answers it is served by this very trio thread, which would deadlock waiting on i
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import re
@@ -98,7 +99,8 @@ class Downloads:
                 raise InvalidParameters("The file is not a regular file.",
                                         data={"relpath": "not a regular file"})
         finally:  # a close on the mount is a FUSE request (FLUSH): never on this thread
-            await trio.to_thread.run_sync(os.close, fd)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(os.close, fd)
 
     async def _file(self, scope: Scope, send: Send, fd: int, st: os.stat_result, name: str,
                     no_cache: bool) -> None:
@@ -181,7 +183,9 @@ async def _produce_zip(fd: int, sender: trio.MemorySendChannel[bytes]) -> None:
             trio.from_thread.run(sender.send, b"".join(batch))
 
     async with sender:
-        await trio.to_thread.run_sync(produce)
+        # BrokenResourceError: the answer was given up (the client went away): stop reading
+        with contextlib.suppress(trio.BrokenResourceError):
+            await trio.to_thread.run_sync(produce)
 
 
 def zip_directory(dir_fd: int) -> Iterator[bytes]:
