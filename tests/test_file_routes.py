@@ -35,6 +35,8 @@ from conftest import (
     wait_for,
 )
 from manager_client import ManagerDriver, manager_driver, volumes_config
+from test_manager_flow import TOKEN as TOKEN_OF_NODE
+from test_manager_flow import Node, node  # noqa: F401 (`node`: mountd with two volumes)
 
 from fusegw.control.app import ControlApp, Peer, StreamResponse
 from fusegw.scopes import Caller
@@ -704,3 +706,39 @@ def test_the_node_routes_a_clone_by_its_volume_and_refuses_one_across_volumes() 
     params = b"volume=two&vfid=" + vfid.encode() + b"&relpath=x&exist_ok=true"
     assert _asgi(app, "POST", "/folder/file/mkdir", params)[0]["status"] == 204
     assert seen[-1] == ("two", "/folder/file/mkdir")  # mkdir routed by its query string
+
+
+# -- the manager through a node's endpoint (fusegw-mountd, two volumes) ------------------------
+
+
+def test_the_managers_clone_and_file_calls_through_the_node(node: Node) -> None:  # noqa: F811
+    """The manager's file calls and clone through mountd's TCP endpoint: the node routes
+    each by its volume (a clone by src_volume = dst_volume), the work is charged on that
+    volume alone, and a clone across the node's two volumes is a 400 that copies nothing."""
+    volumes = volumes_config({"node": (f"http://127.0.0.1:{node.port}", TOKEN_OF_NODE)},
+                             "node:vola")
+    vola, volb = node.volumes["vola"], node.volumes["volb"]
+    qsid, fid = new_qsid(), uuid.uuid4().hex
+    vfid, at = f"{qsid}/{fid}", {"host": vola.host, "vfid": f"{qsid}/{fid}"}
+    with manager_driver(node.logs.parent / "manager-driver-files.log", volumes) as drv:
+        drv.call("create_vfolder", **at)
+        mnt = vola.mountpoint / vfolder_rel(qsid, fid)
+        assert drv.call("mkdir", **at, path="task/ab") is None
+        (mnt / "task" / "ab" / "k.log").write_bytes(b"log line\n" * 100_000)
+        names = [i["name"] for i in drv.call("list_files", **at, path="task/ab")["items"]]
+        assert names == ["k.log"]
+        assert drv.call("fetch_file", **at, relpath="task/ab/k.log")["size"] == 900_000
+        dst = drv.call("clone_vfolder", **at)["dst_vfid"]
+        dst_mnt = vola.mountpoint / vfolder_rel(*dst.rsplit("/", 1))
+        assert tree(dst_mnt) == tree(mnt)
+        across = {"src_volume": "vola", "src_vfid": vfid, "dst_volume": "volb",
+                  "dst_vfid": dst}
+        err = drv.error("request", host=vola.host, method="POST", path="folder/clone",
+                        json=across)
+        assert err["extra_data"]["status"] == 400, err
+        assert not (volb.source / scope_hex(qsid)).exists()
+        assert drv.call("delete_files", **at, files=["task"], recursive=True) == {"status": "ok"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{node.port}", timeout=30,
+                      headers={"X-BackendAI-Storage-Auth-Token": TOKEN_OF_NODE}) as c:
+        used = c.request("GET", "/quota-scope", json={"volume": "vola", "qsid": qsid}).json()
+    assert used["used_bytes"] == du_bytes(vola.source / scope_hex(qsid))
