@@ -24,6 +24,7 @@ import trio
 
 from backends.registry import BACKENDS
 from fusegw.config import MountdConfig
+from fusegw.control.routes import volume_info
 from mountd import health, mounts
 from mountd.events import History
 from mountd.gateway import (
@@ -312,9 +313,9 @@ class VolumeSupervisor:
         if self._volume_entry is not None:
             return self._volume_entry
         backend = BACKENDS.get(self.spec.table.backend)
-        return {"name": self.name, "backend": self.spec.table.backend,
-                "path": str(self.spec.mountpoint),
-                "capabilities": sorted(backend.capabilities) if backend else []}
+        return volume_info(self.name, self.spec.table.backend,
+                           backend.capabilities if backend else (), str(self.spec.mountpoint),
+                           str(self.spec.table.fsprefix))
 
     def public(self) -> dict[str, Any]:
         """This volume in the node's `GET /`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,14 @@ class Probe:
         return result, None, time.monotonic() - started
 
 
+def volume_info(name: str, backend: str, capabilities: Iterable[str], path: str,
+                fsprefix: str) -> dict[str, Any]:
+    """One volume of `GET /volumes`, as the storage proxy lists it (the node endpoint's entry
+    for a volume that is down is made here too)."""
+    return {"name": name, "backend": backend, "path": path, "fsprefix": fsprefix,
+            "capabilities": sorted(set(capabilities) | GATEWAY_CAPABILITIES)}
+
+
 class VolumeRoutes:
     """Binds the routes to one volume's scope service; `status` feeds `GET /`."""
 
@@ -117,10 +125,8 @@ class VolumeRoutes:
 
     async def volumes(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         backend = self.service.backend
-        return {"volumes": [{"name": self.name, "backend": backend.name,
-                             "path": self.mountpoint, "fsprefix": self.fsprefix,
-                             "capabilities": sorted(backend.capabilities
-                                                    | GATEWAY_CAPABILITIES)}]}
+        return {"volumes": [volume_info(self.name, backend.name, backend.capabilities,
+                                        self.mountpoint, self.fsprefix)]}
 
     async def create_scope(self, params: dict[str, Any], caller: Caller) -> None:
         self._volume(params)
