@@ -105,6 +105,7 @@ async def _until_disconnect(receive: Receive, answer: Awaitable[None]) -> None:
     """Run `answer`, cancelled if the client goes away: hypercorn drops what is sent to a
     closed connection without an error, so a download nobody reads would go on reading the
     mount (a zip of a whole tree) to the end. The disconnect arrives through `receive`."""
+    failure: Exception | None = None
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -113,8 +114,13 @@ async def _until_disconnect(receive: Receive, answer: Awaitable[None]) -> None:
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
-        await answer
+        try:
+            await answer
+        except Exception as e:  # raised bare after the nursery, not in an ExceptionGroup
+            failure = e
         nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def _preflight(scope: Scope, send: Send) -> None:
