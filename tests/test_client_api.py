@@ -662,3 +662,23 @@ def test_download_given_up_stops_reading(gw: Gateway, base: str) -> None:
     print(f"\nreads after give-up: {done}")
     assert done < 128, done
     assert_serving(gw, base)
+
+
+def test_client_listener_needs_the_secret(make_gateway: Any) -> None:
+    """--client-listen without FUSEGW_CLIENT_SECRET (or [storage-proxy] secret) is refused
+    in one line before anything is mounted; the manager's token routes say the client API is
+    off where no secret is set."""
+    g = make_gateway("nosecret", extra=["--client-listen", f"127.0.0.1:{free_port()}"],
+                     start=False)
+    proc = g.start(check=False)
+    assert proc.returncode == 1
+    assert "FUSEGW_CLIENT_SECRET" in proc.stderr and "\n" not in proc.stderr.strip()
+    plain = make_gateway("plain")
+    qsid = new_qsid()
+    plain.create_scope(qsid)
+    fid = uuid.uuid4().hex
+    assert plain.request("POST", "/folder/create", {"volume": "plain",
+                                                    "vfid": f"{qsid}/{fid}"}).status_code == 204
+    r = plain.request("POST", "/folder/file/download",
+                      {"volume": "plain", "vfid": f"{qsid}/{fid}", "relpath": "x"})
+    assert r.status_code == 409 and "client-api-disabled" in r.json()["type"], r.text
