@@ -96,6 +96,7 @@ class Answer:
     status: int
     body: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    stream: httpx.Response | None = None  # a gateway's answer still being received
 
     @classmethod
     def problem(cls, error: GatewayError, scope: Scope) -> Answer:
@@ -110,17 +111,40 @@ class Answer:
 
     @classmethod
     def of(cls, r: httpx.Response) -> Answer:
+        """The gateway's answer, its body passed on as it arrives (a fetched file is never
+        held whole in the node's memory)."""
         headers = [(k.encode(), v.encode()) for k, v in r.headers.items()
                    if k.lower().encode() in PASSED_HEADERS]
-        return cls(r.status_code, r.content, headers)
+        length = r.headers.get("content-length")
+        if length is not None and r.status_code not in NO_BODY:
+            headers.append((b"content-length", length.encode()))
+        return cls(r.status_code, b"", headers, r)
 
     async def send(self, send: Send) -> None:
+        if self.stream is not None:
+            await self._relay(send, self.stream)
+            return
         headers = list(self.headers)
         body = b"" if self.status in NO_BODY else self.body
         if self.status not in NO_BODY:
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _relay(self, send: Send, r: httpx.Response) -> None:
+        """Chunk by chunk; a gateway that dies mid-body ends the answer short (the client sees
+        a truncated body, never a made-up end), and the gateway's response is closed."""
+        try:
+            await send({"type": "http.response.start", "status": self.status,
+                        "headers": self.headers})
+            if self.status not in NO_BODY:
+                async for chunk in r.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except (httpx.HTTPError, OSError) as e:
+            log.warning("routed answer cut short error=%s", e)
+        finally:
+            await r.aclose()
 
 
 class NodeApp(ControlApp):
@@ -203,7 +227,9 @@ async def _forward(volume: Volume, scope: Scope, body: bytes) -> Answer:
     url = httpx.URL("http://fusegw").copy_with(raw_path=raw + (b"?" + query if query else b""))
     headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() == b"content-type"]
     try:
-        r = await volume.client.request(scope["method"], url, content=body, headers=headers)
+        request = volume.client.build_request(scope["method"], url, content=body,
+                                              headers=headers)
+        r = await volume.client.send(request, stream=True)
     except httpx.TimeoutException:
         raise GatewayTimeout(f"volume {volume.name!r}: no answer from its gateway",
                              data={"volume": volume.name}) from None
