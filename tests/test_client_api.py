@@ -682,3 +682,36 @@ def test_client_listener_needs_the_secret(make_gateway: Any) -> None:
     r = plain.request("POST", "/folder/file/download",
                       {"volume": "plain", "vfid": f"{qsid}/{fid}", "relpath": "x"})
     assert r.status_code == 409 and "client-api-disabled" in r.json()["type"], r.text
+
+
+def test_upload_into_a_btrfs_subvolume_scope(tmp_path: Path) -> None:
+    """On btrfs each scope is a subvolume: the rename from .fusegw/uploads is EXDEV, so the
+    complete upload is copied into place through the mount (accounted as any writer's) and
+    its data file dropped and uncharged; usage is the storage's own figure."""
+    from btrfs_fixtures import make_btrfs
+    from test_backends import qgroup_referenced
+
+    port = free_port()
+    with make_btrfs(tmp_path / "btrfs") as source:
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        gw = Gateway(source, mnt, tmp_path / "gw.sock", tmp_path / "gw.log", "bt",
+                     ["--backend", "btrfs", "--client-listen", f"127.0.0.1:{port}"],
+                     {"FUSEGW_CLIENT_SECRET": SECRET})
+        try:
+            gw.start()
+            base = f"http://127.0.0.1:{port}"
+            vf = make_vfolder(gw, limit_bytes=64 * MiB)
+            data = os.urandom(3 * MiB + 5)
+            token = vf.token("upload", relpath="in/sub.bin", size=len(data))
+            r = httpx.patch(f"{base}/upload", params={"token": token},
+                            headers={**TUS, **OFFSET_TYPE, "Upload-Offset": "0"},
+                            content=data)
+            assert r.status_code == 204, r.text
+            assert (vf.path / "in" / "sub.bin").read_bytes() == data
+            assert not (uploads_dir(gw) / token_session(token)).exists()
+            # a native enforcer's figures are the storage's own: the qgroup's, once synced
+            wait_for(lambda: (os.sync(), vf.used() == qgroup_referenced(vf.scope_dir)[0])[1],
+                     what="usage == the qgroup's referenced bytes")
+        finally:
+            gw.stop()

@@ -38,7 +38,7 @@ from fusegw.client.errors import (
 from fusegw.client.paths import open_dir_in
 from fusegw.control.app import ClientGone
 from fusegw.errors import VFolderNotFound
-from fusegw.files import MountFiles, os_errors
+from fusegw.files import PATH_DIR, MountFiles, open_beneath, os_errors
 from fusegw.fs import syscalls
 from fusegw.ids import VFolderID
 from fusegw.layout import STATE_DIR
@@ -52,6 +52,7 @@ UPLOADS_DIR = "uploads"
 PIECE = 1024 * 1024  # bytes gathered before each admitted write
 SYNC_EVERY = 64 * 2**20  # written back and re-measured this often within one PATCH
 FILE_MODE = 0o644
+COPY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Invalidate = Callable[[list[str]], Awaitable[None]]
 Release = Callable[[os.stat_result], int]
@@ -302,17 +303,24 @@ class Uploads:
         with os_errors(vf_path):
             parent = open_dir_in(self.source / vf_path, parts[:-1])
         try:
-            owner = os.fstat(parent)
-            self._rename_into(session, parent, parts[-1], (owner.st_uid, owner.st_gid))
+            st = os.fstat(parent)
+            owner = (st.st_uid, st.st_gid)
+            moved = self._rename_into(session, parent, parts[-1], owner)
         finally:
             os.close(parent)
+        if not moved:  # another filesystem (a btrfs subvolume, an XFS project): copy
+            await trio.to_thread.run_sync(self._copy_through_mount, session, parts, owner)
+            self._drop_data(session)
         self._forget(session)
         await self.invalidate([*vf_path.split("/"), *parts])
         log.info("upload complete session=%s vfid=%s relpath=%s size=%d", session.id,
                  session.vfid, "/".join(parts), session.size)
 
     def _rename_into(self, session: Session, parent: int, name: str,
-                     owner: tuple[int, int]) -> None:
+                     owner: tuple[int, int]) -> bool:
+        """Rename the data into place, the charge moving with it; False where the target
+        is on another filesystem (a scope that is its own subvolume or project), nothing
+        changed then."""
         scope = self._scope(session.vfid)
         try:
             replaced: os.stat_result | None = os.stat(name, dir_fd=parent,
@@ -335,6 +343,10 @@ class Uploads:
         uploads = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             syscalls.renameat2(uploads, session.id.encode(), parent, name.encode(), 0)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                return False
+            raise
         finally:
             os.close(uploads)
         self._charge(session, scope, 0, 1)  # the file's bytes were charged as they came
@@ -342,6 +354,36 @@ class Uploads:
             self._charge(session, scope, -self.release(replaced), -1)
         grown = (os.fstat(parent).st_blocks - parent_before.st_blocks) * 512
         self._charge(session, scope, grown)
+        return True
+
+    def _copy_through_mount(self, session: Session, parts: list[str],
+                            owner: tuple[int, int]) -> None:
+        """Copy the data into place through the mount (worker thread: it blocks on FUSE),
+        where the copy is accounted and enforced as any writer's; a copy that fails (the
+        storage's own EDQUOT) leaves no partial file behind."""
+        shown = "/".join(parts)
+        with MountFiles(self.mountpoint).root(session.vfid) as root, os_errors(shown):
+            parent = open_beneath(root, tuple(parts[:-1]), PATH_DIR)
+            try:
+                out = os.open(parts[-1], COPY_FLAGS, FILE_MODE, dir_fd=parent)
+                try:
+                    with open(self.dir / session.id, "rb") as src:
+                        while chunk := src.read(PIECE):
+                            os.write(out, chunk)
+                    os.fchown(out, *owner)
+                except BaseException:
+                    os.unlink(parts[-1], dir_fd=parent)
+                    raise
+                finally:
+                    os.close(out)
+            finally:
+                os.close(parent)
+
+    def _drop_data(self, session: Session) -> None:
+        """The data file, uncharged (after a copy, the copy holds the charge)."""
+        self._uncharge(session)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir / session.id)
 
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -367,9 +409,7 @@ class Uploads:
                 self._drop(session)
 
     def _drop(self, session: Session) -> None:
-        self._uncharge(session)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.dir / session.id)
+        self._drop_data(session)
         self._forget(session)
         log.info("upload session expired session=%s vfid=%s", session.id, session.vfid)
 
