@@ -202,8 +202,14 @@ class Gateway:
         if listen:
             host, _, port = listen.rpartition(":")
             # serve_tcp serves any ASGI app: hypercorn's own server setup, not a second one
-            await nursery.start(serve_tcp, cast(ControlApp, client.app),
-                                host.strip("[]") or "0.0.0.0", int(port))
+            try:
+                await nursery.start(serve_tcp, cast(ControlApp, client.app),
+                                    host.strip("[]") or "0.0.0.0", int(port))
+            except OSError as e:  # one listener per node: the volume still serves
+                log.error("client API not served: cannot listen on %s (%s); another gateway "
+                          "of this node may have it (one volume per listener)", listen,
+                          e.strerror)
+                return
             log.info("client API listening on %s", listen)
 
     async def _fuse_main(self, cancel_scope: trio.CancelScope) -> None:

@@ -715,3 +715,15 @@ def test_upload_into_a_btrfs_subvolume_scope(tmp_path: Path) -> None:
                      what="usage == the qgroup's referenced bytes")
         finally:
             gw.stop()
+
+
+def test_a_second_gateway_on_the_client_port_still_serves(gw: Gateway, client_port: int,
+                                                          make_gateway: Any) -> None:
+    """Two gateways read the same [api.client] service-addr (one storage-proxy.toml, one
+    `fusegw mount --config` per volume): the second mounts and serves its volume, and logs
+    that the client API is not served by it."""
+    second = make_gateway("second", extra=["--client-listen", f"127.0.0.1:{client_port}"],
+                          env={"FUSEGW_CLIENT_SECRET": SECRET})
+    assert second.request("GET", "/").status_code == 200
+    assert "client API not served: cannot listen on" in second.read_log()
+    assert httpx.options(f"http://127.0.0.1:{client_port}/upload").status_code == 200
