@@ -509,8 +509,17 @@ def test_the_gateway_serves_while_a_clone_copies(api: Api, vf: Folder) -> None:
     assert api.file("list", vf, relpath="").status_code == 200
     assert (vf.mnt / "small").read_bytes() == b"s"
     assert time.monotonic() - started < 2.0
-    wait_for(lambda: tree(dst.mnt) == tree(vf.mnt), what="clone done")
+    wait_for(lambda: same_tree(dst.mnt, vf.mnt), what="clone done")
     dst.assert_usage_is_du()
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Whether two trees are alike; not yet if an entry vanished under the walk (the clone's
+    hidden directory goes when the copy moves into place)."""
+    try:
+        return tree(a) == tree(b)
+    except FileNotFoundError:
+        return False
 
 
 def test_clone_bad_input_is_4xx_and_changes_nothing(api: Api, vf: Folder) -> None:
