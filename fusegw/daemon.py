@@ -60,6 +60,7 @@ class Gateway:
         self.service = ScopeService(self.registry, self.ledger, self.backend,
                                     on_change=self._invalidate_path)
         self.ops: GatewayOperations | None = None
+        self.client_sock: trio.socket.SocketType | None = None
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -198,6 +199,12 @@ class Gateway:
         """The client API's listener (off unless configured) and its upload cleanup, in
         this loop: its reads of the mount run in worker threads."""
         nursery.start_soon(client.uploads.cleanup_loop)
+        path = self.settings.client_socket
+        if path is not None:  # a node's client router forwards to it: no TCP port here
+            self.client_sock = bind_unix(path, mode=0o600)
+            await nursery.start(serve_unix, cast(ControlApp, client.app), self.client_sock)
+            log.info("client API listening on socket %s", path)
+            return
         listen = self.settings.client_listen
         if listen:
             host, _, port = listen.rpartition(":")
@@ -246,6 +253,10 @@ class Gateway:
                 os.unlink(self.settings.control_socket)
         except OSError:
             pass
+        if self.client_sock is not None and self.settings.client_socket is not None:
+            self.client_sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.client_socket)
         try:
             self._final_flush()
         finally:

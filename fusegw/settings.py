@@ -55,6 +55,7 @@ class MountSettings:
     clear_dead: bool = False  # lazily unmount a dead fusegw mount at MOUNTPOINT first
     fsprefix: str = "."  # the storage proxy's key, reported in GET /volumes
     client_listen: str | None = None  # "HOST:PORT": the client API (downloads, uploads), off
+    client_socket: Path | None = None  # the client API on a Unix socket (0600), not TCP
     client_secret: str | None = None  # signs its JWTs: the storage proxy's secret
     session_expire: float = 86400.0  # seconds a token (and an idle upload) lives
     max_upload_size: int = 100 * 2**30  # Tus-Max-Size: the largest upload one token may ask
@@ -68,6 +69,8 @@ class MountSettings:
         if self.control_socket is None:
             self.control_socket = DEFAULT_SOCKET_DIR / f"{self.volume}.sock"
         self.control_socket = Path(os.path.abspath(self.control_socket))
+        if self.client_socket is not None:
+            self.client_socket = Path(os.path.abspath(self.client_socket))
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,9 @@ def preflight(s: MountSettings) -> None:
     if s.tcp_listen and not s.auth_token:
         raise StartupError("a TCP listener needs an auth token (FUSEGW_AUTH_TOKEN or "
                            "[control] auth_token in the config)")
-    if s.client_listen and not s.client_secret:
-        raise StartupError("the client API (--client-listen or [api.client] service-addr) "
+    if (s.client_listen or s.client_socket) and not s.client_secret:
+        raise StartupError("the client API (--client-listen, --client-socket or [api.client] "
+                           "service-addr) "
                            "needs the storage proxy's secret: FUSEGW_CLIENT_SECRET or "
                            "[storage-proxy] secret in the config")
     if s.mountpoint == s.source or s.source in s.mountpoint.parents:

@@ -48,12 +48,13 @@ class VolumeSpec:
     mountpoint: Path
     control_socket: Path
     admin_group: str | None = field(default=None, compare=False)
+    client: ClientSpec | None = field(default=None, repr=False)  # the node's client API
 
     @classmethod
     def of(cls, config: NodeConfig, name: str) -> VolumeSpec:
         return cls(name, config.volume[name], Path(os.path.abspath(config.mountpoint(name))),
                    Path(os.path.abspath(config.control_socket(name))),
-                   config.control.admin_group)
+                   config.control.admin_group, ClientSpec.of(config))
 
     @property
     def source(self) -> Path:
@@ -66,8 +67,38 @@ class VolumeSpec:
         fsprefix = getattr(self.table, "fsprefix", None)  # the storage proxy's key, if known
         if fsprefix is not None:
             table["fsprefix"] = str(fsprefix)
-        return tomli_w.dumps(_plain({"control": {"admin_group": self.admin_group},
-                                     "volume": {self.name: table}}))
+        doc: dict[str, Any] = {"control": {"admin_group": self.admin_group},
+                               "volume": {self.name: table}}
+        if self.client is not None:  # the token settings; the secret goes in the environment
+            doc["storage-proxy"] = {"session-expire": self.client.session_expire,
+                                    "max-upload-size": self.client.max_upload_size}
+        return tomli_w.dumps(_plain(doc))
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """The node's client API (`[api.client]` with a secret): each gateway serves its own on a
+    Unix socket in mountd's runtime directory, and mountd's client router forwards to it."""
+
+    secret: str = field(repr=False)
+    session_expire: float
+    max_upload_size: int
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> ClientSpec | None:
+        proxy = config.storage_proxy
+        secret = client_secret(config)
+        if config.api is None or config.api.client is None or not secret:
+            return None
+        return cls(secret, proxy.session_expire if proxy else 86400.0,
+                   proxy.max_upload_size if proxy else 100 * 2**30)
+
+
+def client_secret(config: NodeConfig) -> str | None:
+    """The secret that signs the client API's tokens: FUSEGW_CLIENT_SECRET, else
+    `[storage-proxy] secret`."""
+    proxy = config.storage_proxy
+    return os.environ.get("FUSEGW_CLIENT_SECRET") or (proxy.secret if proxy else None)
 
 
 def _plain(value: Any) -> Any:
@@ -91,6 +122,10 @@ class Launcher:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def client_socket(self, name: str) -> Path:
+        """Where the gateway of volume `name` serves its client API (mode 0600)."""
+        return self.runtime_dir / f"{name}.client.sock"
+
     def argv(self, spec: VolumeSpec, config_file: Path) -> list[str]:
         argv = [self.python, "-I", "-m", "fusegw", "mount", str(spec.source),
                 str(spec.mountpoint), "--foreground", "--config", str(config_file),
@@ -98,6 +133,8 @@ class Launcher:
                 "--log-file", str(self.log_file(spec.name))]
         if self.clear_dead:
             argv.append("--clear-dead")
+        if spec.client is not None:
+            argv += ["--client-socket", str(self.client_socket(spec.name))]
         return argv
 
     def write_config(self, spec: VolumeSpec) -> Path:
@@ -117,7 +154,10 @@ class Launcher:
         start (a refusal) can be told from older lines."""
         config_file = self.write_config(spec)
         self.log_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        env = {k: v for k, v in os.environ.items()
+               if k not in PRIVATE_ENV and k != "FUSEGW_CLIENT_SECRET"}
+        if spec.client is not None:  # never on a command line: every user can read those
+            env["FUSEGW_CLIENT_SECRET"] = spec.client.secret
         log_path = self.log_file(spec.name)
         with open(log_path, "ab") as log_fd:  # what it prints before its logging starts
             offset = log_fd.tell()

@@ -13,16 +13,18 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from fusegw import __version__
 from fusegw.config import ConfigError, MountdConfig, NodeConfig, load_config
+from fusegw.control.app import ControlApp
 from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
 from mountd import notify
+from mountd.client_router import ClientRouter
 from mountd.events import emit
-from mountd.gateway import Launcher, VolumeSpec
+from mountd.gateway import ClientSpec, Launcher, VolumeSpec
 from mountd.router import NodeApp
 from mountd.supervisor import State, VolumeSupervisor
 
@@ -67,8 +69,26 @@ class Node:
         if self.tcp is not None and not self.app.token:
             raise MountdError("[control] tcp_listen needs an auth token ([control] auth_token "
                               "or FUSEGW_AUTH_TOKEN)")
+        self.client_router, self.client_tcp = self._client_api(config)
         self._nursery: trio.Nursery | None = None
         self._reloading = trio.Lock()
+
+    def _client_api(self, config: NodeConfig) -> tuple[ClientRouter | None,
+                                                       tuple[str, int] | None]:
+        """The node's client listener (`[api.client] service-addr`) and its router, when the
+        file configures one and a secret signs its tokens."""
+        if config.api is None or config.api.client is None:
+            return None, None
+        spec = ClientSpec.of(config)
+        listen = config.api.client.service_addr.listen()
+        if spec is None:
+            log.error("[api.client] service-addr %s not served: the client API needs "
+                      "[storage-proxy] secret or FUSEGW_CLIENT_SECRET", listen)
+            return None, None
+        return ClientRouter(self, spec.secret), tcp_address(listen)
+
+    def client_socket(self, name: str) -> Path:
+        return self.launcher.client_socket(name)
 
     # -- the router's view ------------------------------------------------------------------------
 
@@ -110,6 +130,10 @@ class Node:
                     await nursery.start(serve_unix, self.app, sock)
                     if self.tcp is not None:
                         await nursery.start(serve_tcp, self.app, *self.tcp)
+                    if self.client_router is not None and self.client_tcp is not None:
+                        await nursery.start(serve_tcp, cast(ControlApp, self.client_router),
+                                            *self.client_tcp)
+                        log.info("client API listening on %s:%d", *self.client_tcp)
                     log.info("node endpoint socket=%s tcp=%s volumes=%d",
                              self.config.control.socket, self.config.control.tcp_listen,
                              len(self.config.volume))
@@ -125,6 +149,9 @@ class Node:
             finally:
                 self._nursery = None
                 sock.close()
+                if self.client_router is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.client_router.aclose()
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.control.socket)
         log.info("stopped")
@@ -220,6 +247,9 @@ class Node:
         except MountdError as e:
             log.error("reload: %s; keeping the previous admin group", e)
         self.app.token = auth_token(new)
+        spec = ClientSpec.of(new)
+        if self.client_router is not None and spec is not None:
+            self.client_router.secret = spec.secret  # gateways take it at their restart
         for key in ("socket", "tcp_listen"):
             if getattr(old.control, key) != getattr(new.control, key):
                 log.warning("reload: [control] %s changed; it takes effect when mountd "

@@ -66,6 +66,9 @@ def register(sub: Any) -> None:
                    help="serve the client API (GET /download, tus /upload) on TCP (off by "
                    "default; [api.client] service-addr in the config; needs "
                    "FUSEGW_CLIENT_SECRET or [storage-proxy] secret, which signs its tokens)")
+    p.add_argument("--client-socket", metavar="PATH",
+                   help="serve the client API on this Unix socket (mode 0600) instead of TCP, "
+                   "for a node's router (fusegw-mountd); needs FUSEGW_CLIENT_SECRET")
     p.add_argument("--xattr-limits", action="store_true", default=None,
                    help="allow root in this mount namespace to set limits with setfattr")
     p.add_argument("--allow-exposed-source", action="store_true", default=None,
@@ -236,7 +239,8 @@ def _client_api(args: argparse.Namespace, conf: _Config) -> dict[str, Any]:
     listen = args.client_listen or (api.client.service_addr.listen()
                                     if api and api.client else None)
     values: dict[str, Any] = {
-        "client_listen": listen,
+        "client_listen": None if args.client_socket else listen,
+        "client_socket": _path(args.client_socket),
         "client_secret": os.environ.get("FUSEGW_CLIENT_SECRET") or (
             proxy.secret if proxy else None),
     }
@@ -337,7 +341,9 @@ def _daemon_argv(args: argparse.Namespace, settings: MountSettings, own: dict[st
     for flag, value in (("--backend", args.backend),
                         ("--volume", args.volume or own.get("volume")), ("--config", config),
                         ("--admin-group", args.admin_group), ("--tcp-listen", args.tcp_listen),
-                        ("--client-listen", args.client_listen)):
+                        ("--client-listen", args.client_listen),
+                        ("--client-socket",
+                         args.client_socket and os.path.abspath(args.client_socket))):
         if value:
             argv += [flag, value]
     for flag, on in (("--xattr-limits", args.xattr_limits),
