@@ -421,9 +421,8 @@ class NodeConfig(_Strict):
         if self.api and self.api.client:
             secret = self.storage_proxy.secret if self.storage_proxy else None
             notes.append(f"[api.client] service-addr {self.api.client.service_addr.listen()}: "
-                         "the client API (downloads, uploads) is served by a gateway started "
-                         "with `fusegw mount --config FILE --volume NAME` (one volume per "
-                         "listener); fusegw-mountd does not start it"
+                         "the client API (downloads, uploads) of every volume, served by "
+                         "fusegw-mountd (a gateway started by hand serves its own volume only)"
                          + ("" if secret else "; it needs [storage-proxy] secret or "
                             "FUSEGW_CLIENT_SECRET"))
         return notes
