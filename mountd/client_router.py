@@ -26,6 +26,7 @@ from fusegw.client.http import (
     Receive,
     Scope,
     Send,
+    body_chunks,
     cors_for_download,
     drain,
     problem,
@@ -142,7 +143,7 @@ class ClientRouter:
                    if k.lower() in PASSED_REQUEST_HEADERS]
         content: AsyncIterator[bytes] | None = None
         if scope["method"] == "PATCH":
-            content = _body(receive)
+            content = body_chunks(receive)
         else:
             await drain(receive)
         client = self.client(volume.name)
@@ -168,19 +169,6 @@ def claimed_volume(token: str | None) -> str:
         return ""
     volume = claims.get("volume") if isinstance(claims, dict) else None
     return volume if isinstance(volume, str) else ""
-
-
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a client that goes away ends the upload short."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body"):
-            return
 
 
 def _response_headers(r: httpx.Response) -> list[tuple[bytes, bytes]]:
