@@ -4,9 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev \
-            libsystemd-dev systemd python3-venv
+            libsystemd-dev systemd python3-venv patch
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
+# pyfuse3 from its pinned sdist with fusegw's patches (third_party/pyfuse3/README.md says why).
+PYFUSE3 := third_party/pyfuse3
+STAMP_PYFUSE3 := $(VENV)/.pyfuse3-stamp
 # Where install makes fusegw reachable by the system (scripts/install-system.sh says why these);
 # override them to install elsewhere, e.g. `make install SBINDIR=/tmp/x/sbin UNITDIR=...`.
 SBINDIR ?= /usr/local/sbin
@@ -16,7 +19,7 @@ SYSTEM_DIRS = BIN=$(CURDIR)/$(BIN) SBINDIR=$(SBINDIR) UNITDIR=$(UNITDIR) TMPFILE
 
 .PHONY: install uninstall run test lint bench clean
 
-install: $(STAMP_DEB) $(STAMP_PY)  ## idempotent: Debian packages, .venv, links and units
+install: $(STAMP_DEB) $(STAMP_PYFUSE3) $(STAMP_PY)  ## idempotent: packages, .venv, links, units
 	@$(SYSTEM_DIRS) scripts/install-system.sh install
 
 uninstall:  ## removes what install put outside the tree (not the packages, not .venv)
@@ -32,7 +35,15 @@ $(STAMP_DEB): Makefile
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP_PY): pyproject.toml | $(STAMP_DEB)
+# Rebuilt when the series, a patch or the script changes; before `pip install -e`, whose
+# `pyfuse3>=3.5,<3.6` the installed 3.5.0+fusegw.N satisfies (so pip keeps it).
+$(STAMP_PYFUSE3): $(PYFUSE3)/series $(PYFUSE3)/build.sh $(wildcard $(PYFUSE3)/patches/*.patch) \
+                  | $(STAMP_DEB)
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(PYFUSE3)/build.sh $(BIN)
+	@touch $@
+
+$(STAMP_PY): pyproject.toml | $(STAMP_DEB) $(STAMP_PYFUSE3)
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip >/dev/null
 	$(BIN)/pip install -q -e '.[test,dev]'
