@@ -2,7 +2,10 @@
 example) on the same disk, in one run; medians of interleaved repetitions, as ratios and
 absolute figures, written to bench/results/ as JSON and markdown.
 
-    .venv/bin/python bench/run.py [--quick]
+    .venv/bin/python bench/run.py [--quick] [--only concurrency]
+
+`--only concurrency` runs only the concurrent workloads of bench/concurrency.py (results in
+bench/results/concurrency-{quick,full}.*, the whole-run files left alone).
 
 Needs root (mounts, drop_caches), fio, and network access to PyPI once (the example is taken
 from pyfuse3's source distribution into bench/.cache/).
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import concurrency
 import httpx
 import psutil
 import pyfuse3
@@ -197,7 +201,7 @@ def median_of(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, only: str | None = None) -> dict[str, Any]:
     reps = 1 if quick else 3
     n_meta = 2000 if quick else 10_000
     n_dir = 20_000 if quick else 100_000
@@ -220,6 +224,12 @@ def run(quick: bool) -> dict[str, Any]:
         native = native_root / limited.relative_to(gw.mnt)
         native.mkdir(parents=True)
 
+        if only == "concurrency":
+            print("concurrency ...", flush=True)
+            results["concurrency"] = concurrency.run_phase(limited, native, gw.sock, gw.pid,
+                                                           quick)
+            return results
+
         print("data (fio) ...", flush=True)
         data: dict[str, list[dict[str, float]]] = {"native": [], "gateway": []}
         for _ in range(reps):
@@ -240,6 +250,9 @@ def run(quick: bool) -> dict[str, Any]:
             "pair_ratio_median": statistics.median(a / b for a, b in zip(enforced, enforcement,
                                                                           strict=True)),
         }
+
+        print("concurrency ...", flush=True)
+        results["concurrency"] = concurrency.run_phase(limited, native, gw.sock, gw.pid, quick)
 
         print("metadata ...", flush=True)
         meta: dict[str, list[dict[str, float]]] = {"native": [], "gateway": [], "example": []}
@@ -365,7 +378,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """The issue's targets: (target, measured, met)."""
+    """The issues' targets: (target, measured, met)."""
+    concurrent = concurrency.targets(r["concurrency"]) if "concurrency" in r else []
+    if "data" not in r:  # a --only run
+        return concurrent
     d, m, e = r["data"], r["metadata"], r["enforcement"]
 
     def ratio(side: dict[str, dict[str, float]], key: str, other: str = "native") -> float:
@@ -393,15 +409,20 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     out.append(("rescan >= 100,000 files/s", f"{rescan:,.0f}/s", rescan >= 100_000))
     per_inode = r["memory"]["bytes_per_inode"]
     out.append(("<= 1 KiB RSS per cached inode", f"{per_inode:.0f} B", per_inode <= 1024))
-    return out
+    return out + concurrent
 
 
 def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
-    lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['mode']} run).", "",
-             "| figure | gateway | native | gateway/native | pyfuse3 passthroughfs.py |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows(r)]
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['mode']} run"
+             f"{', ' + meta['only'] + ' only' if meta.get('only') else ''}).", ""]
+    if "data" in r:
+        lines += ["| figure | gateway | native | gateway/native | pyfuse3 passthroughfs.py |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows(r)]
+        lines += [""]
+    if "concurrency" in r:
+        lines += [*concurrency.markdown_lines(r["concurrency"]), ""]
+    lines += ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets(r)]
     if "fuse_requests_per_file" in r:
         lines += ["", "FUSE requests per file in each metadata phase (gateway, counted by the "
@@ -414,7 +435,9 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced sizes, one repetition")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, fewer repetitions")
+    parser.add_argument("--only", choices=["concurrency"], help="run only this phase "
+                        "(results to bench/results/PHASE-{quick,full}.*)")
     parser.add_argument("--report", type=Path, help="only rewrite the markdown of a results "
                         "JSON file")
     args = parser.parse_args()
@@ -424,16 +447,18 @@ def main() -> None:
         print(args.report.with_suffix(".md").read_text())
         return
     started = time.time()
-    results = run(args.quick)
+    results = run(args.quick, args.only)
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}, {psutil.cpu_count()} cores, "
                    f"{psutil.virtual_memory().total // 2**30} GiB, kernel {platform.release()}",
         "mode": "quick" if args.quick else "full",
         "seconds": f"{time.time() - started:.0f}",
+        **({"only": args.only} if args.only else {}),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "full"
+    stem = ("quick" if args.quick else "full") if not args.only else \
+        f"{args.only}-{'quick' if args.quick else 'full'}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results},
                                                      indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(results, meta))
