@@ -34,6 +34,7 @@ from typing import Any
 from fusegw.errors import Forbidden, GatewayError, InvalidParameters, VFolderNotFound
 from fusegw.fs.syscalls import RENAME_NOREPLACE, renameat2
 from fusegw.ids import VFolderID
+from fusegw.layout import vfolder_names
 
 log = logging.getLogger("fusegw.files")
 
@@ -224,8 +225,7 @@ class MountFiles:
     @contextlib.contextmanager
     def root(self, vfid: VFolderID) -> Iterator[int]:
         """The vfolder's root in the mount (O_PATH), found without following a symlink."""
-        h = vfid.hex
-        names = [vfid.quota_scope_id.pathname, h[0:2], h[2:4], h[4:]]
+        names = [vfid.quota_scope_id.pathname, *vfolder_names(vfid.hex)]
         fd = os.open(self.mountpoint, PATH_DIR)
         try:
             for name in names:

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from fusegw.errors import InvalidParameters
+from fusegw.layout import vfolder_relpath
 
 
 class QuotaScopeType(enum.StrEnum):
@@ -86,8 +87,7 @@ class VFolderID:
 
     def relpath(self) -> str:
         """Path of the vfolder below the volume root (layout v3)."""
-        h = self.hex
-        return f"{self.quota_scope_id.pathname}/{h[0:2]}/{h[2:4]}/{h[4:]}"
+        return vfolder_relpath(self.quota_scope_id.pathname, self.hex)
 
     def __str__(self) -> str:
         return f"{self.quota_scope_id}/{self.hex}"

@@ -30,11 +30,28 @@ def is_scope_name(name: str) -> bool:
     return _SCOPE_NAME.fullmatch(name) is not None
 
 
-def vfolder_hex(fanout1: str, fanout2: str, leaf: str) -> str | None:
-    """The folder hex that the three path components below a scope spell, if they spell one."""
-    if len(fanout1) != 2 or len(fanout2) != 2:
+def vfolder_names(hex_: str) -> tuple[str, str, str]:
+    """The three directories below its scope that hold the vfolder of folder hex `hex_`:
+    the two fan-out levels and the vfolder's root."""
+    return hex_[0:2], hex_[2:4], hex_[4:]
+
+
+def vfolder_relpath(scope_name: str, hex_: str) -> str:
+    """The vfolder's path below the volume root."""
+    return "/".join((scope_name, *vfolder_names(hex_)))
+
+
+def flat_relpath(hex_: str) -> str:
+    """Where layout version 2 kept the vfolder: no scope level."""
+    return "/".join(vfolder_names(hex_))
+
+
+def vfolder_hex(fanout: str, leaf: str) -> str | None:
+    """The folder hex spelt by the fan-out names above a vfolder's root (`fanout`, the two
+    joined) and its root's name, if they spell one."""
+    if len(fanout) != 4:
         return None
-    h = fanout1 + fanout2 + leaf
+    h = fanout + leaf
     return h if _SCOPE_NAME.fullmatch(h) else None
 
 

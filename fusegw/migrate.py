@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fusegw.errors import InvalidParameters, VolumeRefused
 from fusegw.ids import QuotaScopeID
-from fusegw.layout import write_version
+from fusegw.layout import flat_relpath, vfolder_relpath, write_version
 from fusegw.state import StateDir
 from fusegw.state.lease import Lease
 from fusegw.state.registry import Registry, ScopeRecord
@@ -33,7 +33,7 @@ class FlatVFolder:
     hex: str
 
     def path(self, volume: Path) -> Path:
-        return volume / self.hex[0:2] / self.hex[2:4] / self.hex[4:]
+        return volume / flat_relpath(self.hex)
 
 
 def flat_vfolders(volume: Path) -> Iterator[FlatVFolder]:
@@ -102,7 +102,7 @@ def migrate(volume: Path, moves: list[tuple[FlatVFolder, QuotaScopeID]],
             registry.scopes.setdefault(qsid.pathname, ScopeRecord(qsid))
         registry.save()
         for done, (vf, qsid) in enumerate(moves, start=1):
-            target = volume / qsid.pathname / vf.hex[0:2] / vf.hex[2:4] / vf.hex[4:]
+            target = volume / vfolder_relpath(qsid.pathname, vf.hex)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 raise VolumeRefused(f"{target} exists already; not overwriting it")

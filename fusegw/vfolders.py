@@ -27,7 +27,9 @@ from fusegw.errors import (
     VFolderNotFound,
 )
 from fusegw.ids import VFolderID
-from fusegw.ledger import ScopeUsage
+from fusegw.layout import VFOLDER_DEPTH, vfolder_names
+from fusegw.ledger import Reservation, ScopeUsage
+from fusegw.ledger.growth import mkdir_growth
 from fusegw.scopes import Caller, ScopeService
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -125,8 +127,7 @@ class VFolderService:
         """Let the mount forget what it cached of the vfolder's path (an absence looked up
         before the create, the directories a delete removed): visible at once, not when the
         kernel's entry timeout runs out."""
-        h = vfid.hex
-        await self.scopes.changed([vfid.quota_scope_id.pathname, h[0:2], h[2:4], h[4:]])
+        await self.scopes.changed([vfid.quota_scope_id.pathname, *vfolder_names(vfid.hex)])
 
     def _scope(self, vfid: VFolderID) -> ScopeUsage:
         return self.scopes.get(vfid.quota_scope_id)
@@ -147,11 +148,11 @@ class VFolderService:
         """The vfolder's scope, once its directory is found without following a symlink: a
         link planted at a fan-out level or in the vfolder's place is no vfolder."""
         scope = self._scope(vfid)
-        h = vfid.hex
+        fan1, fan2, leaf = vfolder_names(vfid.hex)
         try:
             with (_opendir(str(self.volume / scope.pathname)) as top,
-                  _opendir(h[0:2], top) as mid, _opendir(h[2:4], mid) as low):
-                st = os.stat(h[4:], dir_fd=low, follow_symlinks=False)
+                  _opendir(fan1, top) as mid, _opendir(fan2, mid) as low):
+                st = os.stat(leaf, dir_fd=low, follow_symlinks=False)
         except (VFolderConflict, FileNotFoundError):
             raise VFolderNotFound(f"vfolder {vfid} does not exist") from None
         if not stat.S_ISDIR(st.st_mode):
@@ -166,21 +167,19 @@ class VFolderService:
         elif record.qsid != qsid:
             raise QuotaScopeExists(f"quota scope {record.qsid} has the same UUID as {qsid}")
         scope = self._scope(vfid)
-        await self.ledger.admit(scope, growth=True)
-        h = vfid.hex
-        names = [h[0:2], h[2:4], h[4:]]
+        names = vfolder_names(vfid.hex)
         if os.path.lexists(self.volume / vfid.relpath()):
             raise VFolderExists(f"vfolder {vfid} already exists")
         missing = sum(not os.path.lexists(self.volume / qsid.pathname / Path(*names[:i + 1]))
                       for i in range(3))
-        scope.check_growth(missing * 4096, missing)
-        self.ledger.begin_change(scope)
-        with _opendir(str(self.volume / qsid.pathname)) as top:
-            self._mkdirs(scope, top, names, h)
+        blksize = os.stat(self.volume).st_blksize
+        with (await self.ledger.reserve(scope, missing * mkdir_growth(blksize), missing) as r,
+              _opendir(str(self.volume / qsid.pathname)) as top):
+            self._mkdirs(r, top, names, vfid.hex)
         await self._changed(vfid)
         self.scopes.audit(caller, "vfolder.create", qsid, None, {"vfid": str(vfid)})
 
-    def _mkdirs(self, scope: ScopeUsage, top: int, names: list[str], hex_: str) -> None:
+    def _mkdirs(self, r: Reservation, top: int, names: tuple[str, ...], hex_: str) -> None:
         """mkdir each level below the scope that is missing, charging what each one adds."""
         parent = os.dup(top)
         try:
@@ -190,17 +189,15 @@ class VFolderService:
                     os.mkdir(name, 0o755, dir_fd=parent)
                     created = True
                 except FileExistsError:
-                    if depth == 4:
+                    if depth == VFOLDER_DEPTH:
                         raise VFolderExists("vfolder already exists") from None
                     created = False
                 child = _opendir_raw(name, parent)
                 grown = (os.fstat(parent).st_blocks - before) * 512
-                vf = scope.vfolder(hex_) if depth == 4 else None
-                parent_vf = None  # fan-out directories belong to no vfolder
-                scope.charge(parent_vf, grown, 0)
+                r.charge(None, grown, 0)  # fan-out directories belong to no vfolder
                 if created:
-                    scope.charge(vf, os.fstat(child).st_blocks * 512, 0)
-                    scope.used_inodes += 1
+                    r.charge(hex_ if depth == VFOLDER_DEPTH else None,
+                             os.fstat(child).st_blocks * 512, 1, vf_root=True)
                 os.close(parent)
                 parent = child
         finally:
@@ -220,32 +217,33 @@ class VFolderService:
                 raise
             return
         h = vfid.hex
-        self.ledger.begin_change(scope)
-        with contextlib.ExitStack() as stack:
+        fan1, fan2, leaf = vfolder_names(h)
+        with (await self.ledger.reserve(scope, growth=False) as r,
+              contextlib.ExitStack() as stack):
             fds = [stack.enter_context(_opendir(str(self.volume / scope.pathname)))]
-            for name in (h[0:2], h[2:4]):
+            for name in (fan1, fan2):
                 fds.append(stack.enter_context(_opendir(name, fds[-1])))
             before = [os.fstat(fd).st_blocks for fd in fds]
-            root_blocks = os.stat(h[4:], dir_fd=fds[2], follow_symlinks=False).st_blocks
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(h[4:], dir_fd=fds[2]))
+            root_blocks = os.stat(leaf, dir_fd=fds[2], follow_symlinks=False).st_blocks
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(leaf, dir_fd=fds[2]))
             vf = scope.vfolders.pop(h, None)
             if vf is not None:
-                scope.charge(None, -vf.used_bytes, -vf.used_inodes - 1)
+                r.charge(None, -vf.used_bytes, -vf.used_inodes - 1)
             else:
-                scope.charge(None, -root_blocks * 512, -1)
+                r.charge(None, -root_blocks * 512, -1)
             kept = 3
-            for parent, name in ((fds[1], h[2:4]), (fds[0], h[0:2])):
+            for parent, name in ((fds[1], fan2), (fds[0], fan1)):
                 blocks = os.stat(name, dir_fd=parent, follow_symlinks=False).st_blocks
                 try:
                     os.rmdir(name, dir_fd=parent)
                 except OSError:  # another vfolder shares it
                     break
-                scope.charge(None, -blocks * 512, -1)
+                r.charge(None, -blocks * 512, -1)
                 kept -= 1
             # what the remaining directories grew or shrank by while entries went
             grown = sum(os.fstat(fd).st_blocks - b
                         for fd, b in zip(fds[:kept], before, strict=False))
-        scope.charge(None, grown * 512, 0)
+            r.charge(None, grown * 512, 0)
         await self._changed(vfid)
         self.scopes.audit(caller, "vfolder.delete", vfid.quota_scope_id, {"vfid": str(vfid)},
                           None)

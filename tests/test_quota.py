@@ -285,6 +285,91 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(gateway: Gateway) ->
     assert_exact(gateway, qsid, [vf])
 
 
+def _mixed_writer(kind: int, d: Path, limit: int, barrier: threading.Barrier) -> int:
+    """One of the writer kinds racing into a scope until EDQUOT: appends, sparse writes far
+    apart, many small files, directories and long symlinks, fallocate, extending truncate and
+    rewrite. Returns the EDQUOTs seen (each kind stops at its first)."""
+    d.mkdir()
+    barrier.wait(10)
+    try:
+        if kind == 0:  # appender, 64 KiB writes
+            fd = os.open(d / "a", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                for _ in range(limit // CHUNK + 1):
+                    os.write(fd, b"a" * CHUNK)
+            finally:
+                os.close(fd)
+        elif kind == 1:  # sparse: 4 KiB every 1 MiB, extent after extent
+            fd = os.open(d / "s", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                for i in range(limit // 4096 + 1):
+                    os.pwrite(fd, b"s" * 4096, i * MiB)
+            finally:
+                os.close(fd)
+        elif kind == 2:  # small files
+            for i in range(limit // 4096 + 1):
+                (d / f"f{i}").write_bytes(b"f" * 4096)
+        elif kind == 3:  # directories and block-sized symlinks
+            for i in range(limit // 4096 + 1):
+                (d / f"d{i}").mkdir()
+                os.symlink("x" * 200, d / f"l{i}")
+        elif kind == 4:  # fallocate 256 KiB at a time
+            fd = os.open(d / "p", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                for i in range(limit // (256 * KiB) + 1):
+                    os.posix_fallocate(fd, i * 256 * KiB, 256 * KiB)
+            finally:
+                os.close(fd)
+        else:  # extend by truncate (allocates nothing), then fill by rewriting
+            fd = os.open(d / "t", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                for i in range(limit // CHUNK + 1):
+                    os.ftruncate(fd, (i + 1) * CHUNK)
+                    os.pwrite(fd, b"t" * CHUNK, i * CHUNK)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        if e.errno != errno.EDQUOT:
+            raise
+        return 1
+    return 0
+
+
+def test_sixteen_mixed_writers_never_overshoot(gateway: Gateway) -> None:
+    """16 threads of six kinds of growth (appends, sparse writes, small files, directories and
+    symlinks, fallocate, truncate-and-fill) race into one scope with requests served
+    concurrently by the daemon: every one is stopped by EDQUOT, the scope never passes its
+    limit (ledger and du), and once quiet the ledger equals du exactly."""
+    qsid = new_qsid()
+    limit = 12 * MiB
+    writers = 16
+    gateway.create_scope(qsid, limit_bytes=limit)
+    vf = gateway.make_vfolder(qsid)
+    barrier = threading.Barrier(writers)
+    refused = [0] * writers
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            refused[i] = _mixed_writer(i % 6, vf / f"w{i:02d}", limit, barrier)
+        except BaseException as e:  # collected for the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "writers did not finish"
+    assert not errors, errors
+    assert refused == [1] * writers, refused
+    assert gateway.describe(qsid)["used_bytes"] <= limit
+    os.sync()
+    assert du_bytes(scope_backing(gateway, qsid)) <= limit
+    figures = assert_exact(gateway, qsid, [vf])
+    assert figures["used_bytes"] <= limit
+
+
 # -- 3. accounting is exact after a mixed workload -------------------------------------------
 
 

@@ -1,10 +1,10 @@
 """Upload sessions: bytes kept under `.fusegw/uploads/`, charged to the target scope as they
 arrive, moved into the vfolder when complete.
 
-Accounting, through the ledger's own API (as fusegw/fs/operations.py `write`): each piece is
-admitted (`check_growth` of what it may allocate), recorded (`begin_change`), written, and
-charged with what the file really grew by (`st_blocks`); so an upload past the scope's limit is
-refused before the excess is stored. A session's charge (`charged`) moves with the file when it
+Accounting, through the ledger's own API (as fusegw/fs/operations.py `write`): each piece
+reserves what it may allocate (`QuotaLedger.reserve`), is written, and settles with what the
+file really grew by (`st_blocks`); so an upload past the scope's limit is refused before the
+excess is stored. A session's charge (`charged`) moves with the file when it
 is renamed into place (same filesystem), and goes when an abandoned session is removed. A rescan
 of a scope (after an unclean stop, or a repair) counts only the scope's directory, so the
 service is a ledger `Settler`: `forget_scope` adds the scope's sessions back after it.
@@ -42,9 +42,9 @@ from fusegw.files import PATH_DIR, MountFiles, open_beneath, os_errors
 from fusegw.fs import syscalls
 from fusegw.ids import VFolderID
 from fusegw.layout import STATE_DIR
-from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.ledger import Ledger, Reservation, ScopeUsage
 from fusegw.ledger.growth import entry_growth, tree_growth, write_bound
-from fusegw.ledger.usage import QuotaExceeded
+from fusegw.ledger.usage import QuotaExceeded, leaves_with_name
 
 log = logging.getLogger("fusegw.client")
 
@@ -238,32 +238,31 @@ class Uploads:
         """One admitted write, as a FUSE write is: admission against what it may allocate
         (with room for an extent-tree block), recorded, written, charged as measured."""
         scope = self._scope(session.vfid)
-        if scope.rebuilding:
-            await self.ledger.admit(scope, True)
         before = os.fstat(fd)
         bound = write_bound(before, pos, len(data))
         room = tree_growth(1, before.st_blksize) if bound.extents else 0
         try:
-            scope.check_growth(bound.data + room, 0)
+            reservation = await self.ledger.reserve(scope, bound.data + room)
         except QuotaExceeded as e:
             raise UploadQuotaExceeded(f"{e.detail}: the upload stops at {pos} bytes",
                                       data={"Upload-Offset": pos}) from None
-        self.ledger.begin_change(scope)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, pos)
-                view, pos = view[n:], pos + n
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise UploadQuotaExceeded(f"the volume is full ({e.strerror}): the upload stops at "
-                                      f"{pos} bytes", data={"Upload-Offset": pos}) from None
-        finally:
-            after = os.fstat(fd)
-            delta = after.st_blocks * 512 - session.charged
-            session.charged += delta
-            self._charge(session, scope, delta)
+        with reservation:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view, pos = view[n:], pos + n
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise UploadQuotaExceeded(f"the volume is full ({e.strerror}): the upload "
+                                          f"stops at {pos} bytes",
+                                          data={"Upload-Offset": pos}) from None
+            finally:
+                after = os.fstat(fd)
+                delta = after.st_blocks * 512 - session.charged
+                session.charged += delta
+                reservation.charge(session.vfid.hex, delta, 0)
         return pos
 
     async def _measure(self, session: Session, fd: int) -> None:
@@ -305,7 +304,7 @@ class Uploads:
         try:
             st = os.fstat(parent)
             owner = (st.st_uid, st.st_gid)
-            moved = self._rename_into(session, parent, parts[-1], owner)
+            moved = await self._rename_into(session, parent, parts[-1], owner)
         finally:
             os.close(parent)
         if not moved:  # another filesystem (a btrfs subvolume, an XFS project): copy
@@ -316,8 +315,8 @@ class Uploads:
         log.info("upload complete session=%s vfid=%s relpath=%s size=%d", session.id,
                  session.vfid, "/".join(parts), session.size)
 
-    def _rename_into(self, session: Session, parent: int, name: str,
-                     owner: tuple[int, int]) -> bool:
+    async def _rename_into(self, session: Session, parent: int, name: str,
+                           owner: tuple[int, int]) -> bool:
         """Rename the data into place, the charge moving with it; False where the target
         is on another filesystem (a scope that is its own subvolume or project), nothing
         changed then."""
@@ -331,14 +330,18 @@ class Uploads:
             raise UploadConflict(f"{name} is a directory",
                                  data={"relpath": "a directory"})
         try:
-            scope.check_growth(0 if replaced else entry_growth(self.blksize),
-                               0 if replaced else 1)
+            reservation = await self.ledger.reserve(
+                scope, 0 if replaced else entry_growth(self.blksize), 0 if replaced else 1)
         except QuotaExceeded as e:
             raise UploadQuotaExceeded(f"{e.detail}: the complete upload cannot be named") from None
+        with reservation:
+            return self._rename_reserved(session, reservation, parent, name, owner, replaced)
+
+    def _rename_reserved(self, session: Session, r: Reservation, parent: int, name: str,
+                         owner: tuple[int, int], replaced: os.stat_result | None) -> bool:
         data = self.dir / session.id
         os.chown(data, *owner, follow_symlinks=False)
         os.chmod(data, FILE_MODE, follow_symlinks=False)
-        self.ledger.begin_change(scope)
         parent_before = os.fstat(parent)
         uploads = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -349,11 +352,11 @@ class Uploads:
             raise
         finally:
             os.close(uploads)
-        self._charge(session, scope, 0, 1)  # the file's bytes were charged as they came
-        if replaced is not None and replaced.st_nlink == 1:
-            self._charge(session, scope, -self.release(replaced), -1)
-        grown = (os.fstat(parent).st_blocks - parent_before.st_blocks) * 512
-        self._charge(session, scope, grown)
+        hex_ = session.vfid.hex
+        r.charge(hex_, 0, 1)  # the file's bytes were charged as they came
+        if replaced is not None and leaves_with_name(replaced):
+            r.charge(hex_, -self.release(replaced), -1)
+        r.charge(hex_, (os.fstat(parent).st_blocks - parent_before.st_blocks) * 512, 0)
         return True
 
     def _copy_through_mount(self, session: Session, parts: list[str],

@@ -47,8 +47,8 @@ class Node:
     carries the fan-out names while depth < 4 so the vfolder root can spell its folder hex.
     """
 
-    __slots__ = ("_fd", "depth", "generation", "handle", "ino", "key", "lookups", "mode",
-                 "natural", "prefix", "scope", "stamp", "table", "vf")
+    __slots__ = ("_fd", "busy", "depth", "generation", "handle", "ino", "key", "lockkey",
+                 "lookups", "mode", "natural", "prefix", "scope", "stamp", "table", "vf")
 
     def __init__(self, ino: int, fd: int, key: tuple[int, int | bytes], mode: int,
                  table: InodeTable | None = None, handle: bytes | None = None) -> None:
@@ -57,6 +57,8 @@ class Node:
         self.table = table
         self.handle = handle
         self.key = key
+        self.lockkey = (0, 0)  # (st_dev, st_ino): its change lock (fusegw.fs.locks)
+        self.busy = 0  # calls in worker threads using its descriptor: it stays open
         self.mode = mode
         self.generation = numbers.generation(handle)
         self.natural = True  # `ino` is the number derived from the backing inode
@@ -91,7 +93,7 @@ def place(node: Node, parent: Node, name: bytes) -> None:
         node.prefix = parent.prefix + name.decode("ascii", "replace")
     elif depth == VFOLDER_DEPTH:
         prefix = parent.prefix
-        node.vf = vfolder_hex(prefix[:2], prefix[2:], name.decode("ascii", "replace"))
+        node.vf = vfolder_hex(prefix, name.decode("ascii", "replace"))
 
 
 def _open_budget() -> int:
@@ -109,6 +111,7 @@ class InodeTable:
         st = os.fstat(root_fd)
         root = Node(pyfuse3.ROOT_INODE, root_fd, (st.st_dev, st.st_ino), st.st_mode)
         root.lookups = 1
+        root.lockkey = (st.st_dev, st.st_ino)
         self.root = root
         self.numbers = numbers.Numbering(st)
         self.by_ino: dict[int, Node] = {root.ino: root}
@@ -158,9 +161,16 @@ class InodeTable:
         self._evict(len(self._open) - self.max_open)
 
     def _evict(self, count: int) -> int:
+        """Close the `count` least recently used descriptors, skipping those a worker thread
+        is using (closed under it, the number could name another file by the time it runs)."""
         evicted = 0
-        while evicted < count and self._open:
+        for _ in range(len(self._open)):
+            if evicted >= count:
+                break
             _, old = self._open.popitem(last=False)
+            if old.busy:
+                self._open[old.ino] = old
+                continue
             os.close(old._fd)
             old._fd = -1
             evicted += 1
@@ -257,6 +267,7 @@ class InodeTable:
             ino = None
         node = Node(ino or self.numbers.spare(self.by_ino), fd, key, st.st_mode, self, handle)
         node.natural = ino is not None
+        node.lockkey = (st.st_dev, st.st_ino)
         node.lookups = lookups + 1
         ino = node.ino
         self.by_ino[ino] = node

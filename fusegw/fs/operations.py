@@ -1,48 +1,68 @@
 """The pyfuse3 `Operations` of the gateway: a passthrough with quota admission.
 
 Every handler acts on the backing volume through O_PATH descriptors and `*at` calls that never
-follow a symlink, so no request reaches outside the volume. A change that can grow a scope is
-admitted by the ledger first (EDQUOT if it would pass a limit), recorded as a change of the
-scope, done, and then charged with what the backing filesystem really allocated (the `st_blocks`
-difference), so usage stays what `du -s -B1` prints. Syscalls run inline on the event loop: on
-a local disk they are shorter than a thread hop, and an admission check and the change it admits
-cannot interleave with another request.
+follow a symlink, so no request reaches outside the volume. A change that can grow a scope
+reserves its upper bound with the ledger first (EDQUOT if it would pass a limit; the bounds are
+`fusegw.ledger.growth`'s), is made, and settles with what the backing filesystem really
+allocated (the `st_blocks` difference), so usage stays what `du -s -B1` prints.
+
+Requests are served concurrently. What may wait on the disk (a cold read, a write, a change
+of the namespace, a listing, fsync) runs in a bounded pool of worker threads
+(`fusegw.fs.offload`), so a slow request never holds up the others and the disk sees many at
+once; a read the page cache can answer is served inline (`preadv2(RWF_NOWAIT)`), as are the
+calls that only look at an inode the daemon holds open (getattr, getxattr). The inode table
+and the ledger are touched only on the event loop's thread. A measured change holds the change
+locks of the inodes it measures (`fusegw.fs.locks`); reservations keep admission exact however
+many changes are in flight.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import pyfuse3
-import trio
 
-from fusegw.fs import syscalls
-from fusegw.fs.attrs import entry_attributes, statvfs_data
+from fusegw.fs import backing, syscalls
+from fusegw.fs.attrs import entry_attributes, scope_statvfs, statvfs_data
 from fusegw.fs.guard import REQUESTS, GuardedOperations
-from fusegw.fs.inodes import O_PATH_FLAGS, InodeTable, Node
+from fusegw.fs.inodes import InodeTable, Node
+from fusegw.fs.locks import InodeLocks, Key
+from fusegw.fs.offload import Offload
 from fusegw.fs.privs import kills_privs, without_privs
-from fusegw.fs.settle import LateAllocations
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import STATE_DIR, VFOLDER_DEPTH, may_create, vfolder_hex
-from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.ledger import Ledger, Reservation, ScopeUsage
 from fusegw.ledger.growth import (
+    EXTENTS_PER_WRITE,
+    WriteBound,
     entry_growth,
     mkdir_growth,
     symlink_growth,
     write_bound,
     xattr_growth,
 )
+from fusegw.ledger.late import LateAllocations
+from fusegw.ledger.usage import leaves_with_name
 
 log = logging.getLogger("fusegw.fs")
 
 HIDDEN_AT_ROOT = STATE_DIR.encode()
 RENAME_WHITEOUT = 4  # leaves a whiteout (a 0/0 character device) at the old name: an inode
+FALLOCATE_MODES = (0, syscalls.FALLOC_FL_KEEP_SIZE,
+                   syscalls.FALLOC_FL_PUNCH_HOLE | syscalls.FALLOC_FL_KEEP_SIZE,
+                   syscalls.FALLOC_FL_ZERO_RANGE,
+                   syscalls.FALLOC_FL_ZERO_RANGE | syscalls.FALLOC_FL_KEEP_SIZE)
+"""fallocate modes passed on: allocate (keeping the size or not), punch a hole, zero a range.
+Collapsing or inserting a range moves data between vfolders' accounting rules no better than
+a copy would; those answer EOPNOTSUPP, which tools take as "not here"."""
+
+T = TypeVar("T")
 
 __all__ = ["REQUESTS", "GatewayOperations"]
 
@@ -64,7 +84,25 @@ class OpenFile:
 @dataclass(slots=True)
 class OpenDir:
     node: Node
-    names: list[bytes] | None = None
+    entries: list[tuple[bytes, os.stat_result]] | None = None
+
+
+class _Pin:
+    """Keeps nodes' descriptors open while a worker thread uses them (the LRU of the inode
+    table skips busy nodes)."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self, *nodes: Node) -> None:
+        self.nodes = nodes
+
+    def __enter__(self) -> None:
+        for node in self.nodes:
+            node.busy += 1
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.busy -= 1
 
 
 class GatewayOperations(GuardedOperations):
@@ -73,13 +111,15 @@ class GatewayOperations(GuardedOperations):
     enable_writeback_cache = False  # a refused write must fail in write(), not at close()
 
     def __init__(self, root_fd: int, ledger: Ledger, xattrs: UsageXattrs,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, offload: Offload | None = None) -> None:
         super().__init__()
         self.inodes = InodeTable(root_fd)
         self.blksize = os.fstat(root_fd).st_blksize  # for the growth bound of a new entry
         self.ledger = ledger
         self.xattrs = xattrs
         self.timeout = timeout
+        self.offload = offload or Offload()
+        self.locks = InodeLocks()
         self.late = LateAllocations(ledger)
         ledger.settlers.append(self.late)
         self.files: dict[int, OpenFile] = {}
@@ -91,7 +131,7 @@ class GatewayOperations(GuardedOperations):
     # -- helpers ------------------------------------------------------------------------------
 
     def _scope(self, node: Node) -> ScopeUsage | None:
-        return self.ledger.scopes.get(node.scope) if node.scope is not None else None
+        return self.ledger.scope(node.scope)
 
     def _attrs(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         return entry_attributes(node.ino, st, self.timeout, node.generation)
@@ -107,6 +147,16 @@ class GatewayOperations(GuardedOperations):
             return self.dirs[fh]
         except KeyError:
             raise UnknownHandle(fh) from None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker thread, once more after giving back cached descriptors if
+        the process ran out of them (EMFILE)."""
+        try:
+            return await self.offload.run(fn, *args)
+        except OSError as e:
+            if e.errno != errno.EMFILE or not self.inodes.make_room():
+                raise
+        return await self.offload.run(fn, *args)
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -128,43 +178,51 @@ class GatewayOperations(GuardedOperations):
             raise pyfuse3.FUSEError(errno.EPERM)
         GatewayOperations._check_name(name)
 
-    async def _begin(self, node: Node, nbytes: int = 0, ninodes: int = 0,
-                     growth: bool = True) -> ScopeUsage | None:
-        """Admit a change in node's scope (EDQUOT beyond a limit) and record it as begun."""
-        scope = self._scope(node)
-        if scope is None:
-            return None
-        if scope.rebuilding:
-            await self.ledger.admit(scope, growth)
-        if growth:
-            scope.check_growth(nbytes, ninodes)
-        self.ledger.begin_change(scope)
-        return scope
-
-    def _charge(self, scope: ScopeUsage | None, vf: str | None, nbytes: int, ninodes: int) -> None:
-        if scope is not None and (nbytes or ninodes):
-            scope.charge(scope.vfolder(vf) if vf else None, nbytes, ninodes)
-
-    def _settle_dir(self, scope: ScopeUsage | None, parent: Node, before: os.stat_result) -> None:
-        """Charge what a directory grew or shrank by while entries were added or removed."""
-        if scope is not None:
-            after = os.fstat(parent.fd)
-            self._charge(scope, parent.vf, (after.st_blocks - before.st_blocks) * 512, 0)
+    @staticmethod
+    def _dir_grown(r: Reservation, parent: Node, before: os.stat_result,
+                   after: os.stat_result) -> None:
+        """Settle what a directory grew or shrank by while entries were added or removed."""
+        r.charge(parent.vf, (after.st_blocks - before.st_blocks) * 512, 0)
 
     def _own(self, parent_st: os.stat_result, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
         """Owner of a new entry: the caller, with the group of a setgid parent."""
         gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else ctx.gid
         return ctx.uid, gid
 
-    def _new_entry(self, parent: Node, name: bytes, scope: ScopeUsage | None,
+    def _adopt_new(self, r: Reservation, parent: Node, name: bytes, made: backing.Made,
                    parent_before: os.stat_result) -> tuple[Node, os.stat_result]:
-        """Adopt a just-created entry and charge it with the parent's growth."""
-        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
-        st = os.fstat(fd)
+        """Adopt a just-created entry and settle it and the parent's growth."""
+        fd, st, parent_after = made
         node = self.inodes.adopt(parent, name, st, fd)
-        self._charge_entry(scope, node.vf, node.depth == VFOLDER_DEPTH, st.st_blocks * 512, 1)
-        self._settle_dir(scope, parent, parent_before)
+        r.charge(node.vf, st.st_blocks * 512, 1, vf_root=node.depth == VFOLDER_DEPTH)
+        self._dir_grown(r, parent, parent_before, parent_after)
         return node, st
+
+    async def _lock_entry(self, base: list[Key], parent: Node, name: bytes
+                          ) -> tuple[list[Key], os.stat_result | None]:
+        """Take the change locks of `base` and of the inode parent/name names now (its lstat,
+        or None if there is none): a removal must not overlap a write it would uncharge."""
+        held = await self.locks.acquire(base)
+        try:
+            while True:
+                st = backing.stat_at(parent.fd, name)  # inline: the kernel just looked it up
+                if st is None:
+                    return held, None
+                key = (st.st_dev, st.st_ino)
+                if self.locks.try_add(held, key):
+                    return held, st
+                self.locks.release(held)
+                held = []
+                held = await self.locks.acquire([*base, key])
+                again = backing.stat_at(parent.fd, name)
+                if again is not None and (again.st_dev, again.st_ino) == key:
+                    return held, again
+                self.locks.release(held)  # the name went to another inode: once more
+                held = []
+                held = await self.locks.acquire(base)
+        except BaseException:
+            self.locks.release(held)
+            raise
 
     # -- lookup and attributes ----------------------------------------------------------------
 
@@ -173,9 +231,9 @@ class GatewayOperations(GuardedOperations):
         parent = self.inodes.get(parent_inode)
         if parent.depth == 0 and name == HIDDEN_AT_ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        except FileNotFoundError:
+        with _Pin(parent):
+            st = await self.offload.run(backing.stat_at, parent.fd, name)
+        if st is None:
             return self._negative  # the kernel caches the absence as long as an entry
         return self._attrs(self.inodes.adopt(parent, name, st), st)
 
@@ -185,21 +243,14 @@ class GatewayOperations(GuardedOperations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.get(inode)
-        return self._attrs(node, os.stat(node.fd))
+        return self._attrs(node, os.stat(node.fd))  # an inode we hold: never waits on disk
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.get(inode)
         if fields.update_size:
-            # Shrinking is always allowed; an extending truncate allocates nothing.
-            scope = await self._begin(node, growth=False)
-            before = os.fstat(node.fd)
-            if fh is not None:
-                os.ftruncate(fh, attr.st_size)
-            else:
-                os.truncate(node.proc, attr.st_size)
-            self._recharge(scope, node, before, os.fstat(node.fd))
+            await self._truncate(node, fh, attr.st_size)
         if fields.update_mode:
             if stat.S_ISLNK(node.mode):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -215,6 +266,19 @@ class GatewayOperations(GuardedOperations):
                 attr.st_mtime_ns if fields.update_mtime else None,
             )
         return self._attrs(node, os.stat(node.fd))
+
+    async def _truncate(self, node: Node, fh: int | None, size: int) -> None:
+        """Shrinking is always allowed; an extending truncate allocates nothing."""
+        held = await self.locks.acquire([node.lockkey])
+        try:
+            scope = self._scope(node)
+            with await self.ledger.reserve(scope, growth=False):
+                before = os.stat(node.fd)
+                with _Pin(node):
+                    after = await self.offload.run(backing.truncate, fh, node.proc, size)
+                self._recharge(scope, node, before, after)
+        finally:
+            self.locks.release(held)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         # readlinkat(fd, "") reads the symlink an O_PATH descriptor refers to.
@@ -247,15 +311,16 @@ class GatewayOperations(GuardedOperations):
         """
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, is_dir)
-        scope = await self._begin(parent, growth, 1)
-        pst = os.fstat(parent.fd)
-        make(parent.fd)
+        held = await self.locks.acquire([parent.lockkey])
         try:
-            os.chown(name, *self._own(pst, ctx), dir_fd=parent.fd, follow_symlinks=False)
-        except OSError:
-            (os.rmdir if is_dir else os.unlink)(name, dir_fd=parent.fd)
-            raise
-        node, st = self._new_entry(parent, name, scope, pst)
+            with await self.ledger.reserve(self._scope(parent), growth, 1) as r:
+                pst = os.fstat(parent.fd)
+                with _Pin(parent):
+                    made = await self._run(backing.make_entry, parent.fd, name, make,
+                                           self._own(pst, ctx), is_dir)
+                node, st = self._adopt_new(r, parent, name, made, pst)
+        finally:
+            self.locks.release(held)
         return self._attrs(node, st)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -263,18 +328,22 @@ class GatewayOperations(GuardedOperations):
                                                            pyfuse3.EntryAttributes]:
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, False)
-        scope = await self._begin(parent, entry_growth(self.blksize), 1)
-        pst = os.fstat(parent.fd)
-        fd = self._open_file(name, _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             mode & ~ctx.umask, parent.fd)
+        held = await self.locks.acquire([parent.lockkey])
         try:
-            uid, gid = self._own(pst, ctx)
-            if (uid, gid) != (0, 0):
-                os.fchown(fd, uid, gid)
-            node, st = self._new_entry(parent, name, scope, pst)
-        except BaseException:
-            os.close(fd)
-            raise
+            with await self.ledger.reserve(self._scope(parent), entry_growth(self.blksize),
+                                           1) as r:
+                pst = os.fstat(parent.fd)
+                opening = _backing_flags(flags) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                with _Pin(parent):
+                    fd, made = await self._run(backing.create_file, parent.fd, name, opening,
+                                               mode & ~ctx.umask, self._own(pst, ctx))
+                try:
+                    node, st = self._adopt_new(r, parent, name, made, pst)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        finally:
+            self.locks.release(held)
         self.files[fd] = OpenFile(node, ctx.uid, ctx.pid)
         return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags)), self._attrs(node, st)
 
@@ -285,10 +354,17 @@ class GatewayOperations(GuardedOperations):
         self._check_new(parent, new_name, False)
         if (node.scope, node.vf) != (parent.scope, parent.vf) or node.vf is None:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        scope = await self._begin(parent, entry_growth(self.blksize), 0)
-        pst = os.fstat(parent.fd)
-        os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
-        self._settle_dir(scope, parent, pst)
+        held = await self.locks.acquire([parent.lockkey])
+        try:
+            with await self.ledger.reserve(self._scope(parent), entry_growth(self.blksize),
+                                           0) as r:
+                pst = os.fstat(parent.fd)
+                with _Pin(node, parent):
+                    after = await self.offload.run(backing.link, node.proc, parent.fd,
+                                                   new_name)
+                self._dir_grown(r, parent, pst, after)
+        finally:
+            self.locks.release(held)
         st = os.stat(node.fd)
         node.lookups += 1
         return self._attrs(node, st)
@@ -304,40 +380,31 @@ class GatewayOperations(GuardedOperations):
         await self._remove(parent, name, is_dir=True)
 
     async def _remove(self, parent: Node, name: bytes, is_dir: bool) -> None:
-        scope = await self._begin(parent, growth=False)
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        pst = os.fstat(parent.fd)
-        if is_dir:
-            os.rmdir(name, dir_fd=parent.fd)
-        else:
-            os.unlink(name, dir_fd=parent.fd)
-        self._release_entry(scope, parent, name, st)
-        self._settle_dir(scope, parent, pst)
+        held, st = await self._lock_entry([parent.lockkey], parent, name)
+        try:
+            if st is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            with await self.ledger.reserve(self._scope(parent), growth=False) as r:
+                pst = os.fstat(parent.fd)
+                with _Pin(parent):
+                    after = await self.offload.run(backing.remove, parent.fd, name, is_dir)
+                self._release_entry(r, parent, name, st)
+                self._dir_grown(r, parent, pst, after)
+        finally:
+            self.locks.release(held)
 
-    def _release_entry(self, scope: ScopeUsage | None, parent: Node, name: bytes,
+    def _release_entry(self, r: Reservation, parent: Node, name: bytes,
                        st: os.stat_result) -> None:
         """Uncharge an entry that left the tree; a hard link's inode leaves with its last name."""
-        if scope is None:
-            return
-        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+        if r.scope is None or not leaves_with_name(st):
             return
         vf_root = parent.depth + 1 == VFOLDER_DEPTH and stat.S_ISDIR(st.st_mode)
-        vf = _child_vfolder(parent, name) if vf_root else parent.vf
+        vf = vfolder_hex(parent.prefix, name.decode("ascii", "replace")) if vf_root \
+            else parent.vf
         nbytes = st.st_blocks * 512 if stat.S_ISDIR(st.st_mode) else self.late.release(st)
-        self._charge_entry(scope, vf, vf_root, -nbytes, -1)
+        r.charge(vf, -nbytes, -1, vf_root)
         if vf_root and vf is not None:
-            scope.vfolders.pop(vf, None)
-
-    def _charge_entry(self, scope: ScopeUsage | None, vf: str | None, vf_root: bool,
-                      nbytes: int, ninodes: int) -> None:
-        """Charge an entry; a vfolder's root counts in the scope's inodes, not the vfolder's."""
-        if scope is None:
-            return
-        if vf_root:
-            self._charge(scope, vf, nbytes, 0)
-            scope.used_inodes += ninodes
-        else:
-            self._charge(scope, vf, nbytes, ninodes)
+            r.scope.vfolders.pop(vf, None)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
@@ -349,22 +416,33 @@ class GatewayOperations(GuardedOperations):
         if (old.scope, old.vf) != (new.scope, new.vf) or old.vf is None \
                 or old.depth < VFOLDER_DEPTH:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        replaced = None
-        if not flags & pyfuse3.RENAME_EXCHANGE:
-            with contextlib.suppress(FileNotFoundError):
-                replaced = os.stat(name_new, dir_fd=new.fd, follow_symlinks=False)
+        base = [old.lockkey, new.lockkey]
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            held, replaced = await self.locks.acquire(base), None
+        else:
+            held, replaced = await self._lock_entry(base, new, name_new)
+        try:
+            await self._rename_locked(old, name_old, new, name_new, flags, replaced)
+        finally:
+            self.locks.release(held)
+
+    async def _rename_locked(self, old: Node, name_old: bytes, new: Node, name_new: bytes,
+                             flags: int, replaced: os.stat_result | None) -> None:
         whiteout = 1 if flags & RENAME_WHITEOUT else 0
         adds_entry = replaced is None and not flags & pyfuse3.RENAME_EXCHANGE
-        scope = await self._begin(new, entry_growth(self.blksize) if adds_entry else 0, whiteout)
-        old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
-        syscalls.renameat2(old.fd, name_old, new.fd, name_new, flags)
-        if replaced is not None:
-            self._release_entry(scope, new, name_new, replaced)
-        if whiteout:
-            self._charge(scope, old.vf, 0, 1)
-        self._settle_dir(scope, old, old_st)
-        if new is not old:
-            self._settle_dir(scope, new, new_st)
+        growth = entry_growth(self.blksize) if adds_entry else 0
+        with await self.ledger.reserve(self._scope(new), growth, whiteout) as r:
+            old_st, new_st = os.fstat(old.fd), os.fstat(new.fd)
+            with _Pin(old, new):
+                old_after, new_after = await self.offload.run(
+                    backing.rename, old.fd, name_old, new.fd, name_new, flags)
+            if replaced is not None:
+                self._release_entry(r, new, name_new, replaced)
+            if whiteout:
+                r.charge(old.vf, 0, 1)
+            self._dir_grown(r, old, old_st, old_after)
+            if new is not old:
+                self._dir_grown(r, new, new_st, new_after)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -373,54 +451,99 @@ class GatewayOperations(GuardedOperations):
         if not stat.S_ISREG(node.mode):
             raise pyfuse3.FUSEError(errno.ELOOP if stat.S_ISLNK(node.mode) else errno.EPERM)
         if flags & os.O_TRUNC:  # atomic_o_trunc: the kernel truncates through open()
-            scope = await self._begin(node, growth=False)
-            before = os.stat(node.fd)
+            fd, st = await self._open_truncating(node, flags)
+        else:  # an inode we hold: opening it reads nothing from the disk
             fd = self._open_file(node.proc, _backing_flags(flags))
-            self._recharge(scope, node, before, os.fstat(fd))
-        else:
-            fd = self._open_file(node.proc, _backing_flags(flags))
+            st = os.fstat(fd)
         self.files[fd] = OpenFile(node, ctx.uid, ctx.pid)
         # Keep the kernel's cached pages when the file has not changed since the last open.
-        st = os.fstat(fd)
         stamp = (st.st_mtime_ns, st.st_size)
         keep, node.stamp = node.stamp == stamp, stamp
         return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags), keep_cache=keep)
 
-    def _open_file(self, path: str | bytes, flags: int, mode: int = 0o777,
-                   dir_fd: int | None = None) -> int:
+    async def _open_truncating(self, node: Node, flags: int) -> tuple[int, os.stat_result]:
+        held = await self.locks.acquire([node.lockkey])
+        try:
+            scope = self._scope(node)
+            with await self.ledger.reserve(scope, growth=False):
+                before = os.stat(node.fd)
+                with _Pin(node):
+                    fd, after = await self._run(backing.open_file, node.proc,
+                                                _backing_flags(flags))
+                self._recharge(scope, node, before, after)
+        finally:
+            self.locks.release(held)
+        return fd, after
+
+    def _open_file(self, path: str | bytes, flags: int) -> int:
         """os.open, giving back cached node descriptors once if the process runs out."""
         try:
-            return os.open(path, flags, mode, dir_fd=dir_fd)
+            return os.open(path, flags)
         except OSError as e:
             if e.errno != errno.EMFILE or not self.inodes.make_room():
                 raise
-        return os.open(path, flags, mode, dir_fd=dir_fd)
+        return os.open(path, flags)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        """From the page cache inline when it holds the range (RWF_NOWAIT answers EAGAIN
+        instead of waiting); the rest from a worker thread. (pyfuse3 takes any buffer,
+        whatever its stub says: no copy into bytes.)"""
+        buf = bytearray(size)
+        try:
+            n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
+        except BlockingIOError:
+            n = 0
+        if n == size:
+            return cast(bytes, buf)
+        if off + n >= os.fstat(fh).st_size:  # the end of the file, not a cache miss
+            return cast(bytes, memoryview(buf)[:n])
+        rest = await self.offload.run(backing.pread, fh, size - n, off + n)
+        return bytes(memoryview(buf)[:n]) + rest if n else rest
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._file(fh)
         node = of.node
-        scope = self._scope(node)
-        if scope is not None and scope.rebuilding:
-            await self.ledger.admit(scope, True)
-        before = os.fstat(fh)
-        if before.st_mode & (stat.S_ISUID | stat.S_ISGID) and kills_privs(of.uid, of.pid):
-            self._drop_privs(fh, before)
-        if scope is None:
-            return os.pwrite(fh, buf, off)
-        bound = write_bound(before, off, len(buf))
-        scope.check_growth(bound.data + self.late.reserve(before, bound), 0)
-        self.ledger.begin_change(scope)
+        held = await self.locks.acquire([node.lockkey])
         try:
-            written = os.pwrite(fh, buf, off)
-        except OSError as e:
-            if e.errno == errno.EDQUOT:  # the storage's own limit (a native enforcer)
-                scope.refusals += 1
-            raise
-        self.late.recharge(scope, node, before, os.fstat(fh), bound.extents)
+            before = os.fstat(fh)
+            if before.st_mode & (stat.S_ISUID | stat.S_ISGID) and kills_privs(of.uid, of.pid):
+                self._drop_privs(fh, before)
+            scope = self._scope(node)
+            if scope is None:
+                return (await self.offload.run(backing.pwrite, fh, buf, off))[0]
+            bound = write_bound(before, off, len(buf))
+            with await self.ledger.reserve(scope, bound.data + self.late.reserve(before, bound)):
+                try:
+                    written, after = await self.offload.run(backing.pwrite, fh, buf, off)
+                except OSError as e:
+                    if e.errno == errno.EDQUOT:  # the storage's own limit (a native enforcer)
+                        scope.refusals += 1
+                    raise
+                self.late.recharge(scope, node, before, after, bound.extents)
+        finally:
+            self.locks.release(held)
         return written
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Admitted and charged as a write of the range would be; a punched hole frees
+        blocks but may split an extent, so it is admitted with room for that."""
+        if mode not in FALLOCATE_MODES:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        node = self._file(fh).node
+        held = await self.locks.acquire([node.lockkey])
+        try:
+            before = os.fstat(fh)
+            scope = self._scope(node)
+            if mode & syscalls.FALLOC_FL_PUNCH_HOLE:
+                bound = WriteBound(0, EXTENTS_PER_WRITE)
+            else:
+                bound = write_bound(before, offset, length)
+            with await self.ledger.reserve(scope, bound.data + self.late.reserve(before, bound)):
+                after = await self.offload.run(backing.fallocate, fh, mode, offset, length)
+                if scope is not None:
+                    self.late.recharge(scope, node, before, after, bound.extents)
+        finally:
+            self.locks.release(held)
 
     @staticmethod
     def _drop_privs(fh: int, st: os.stat_result) -> None:
@@ -442,7 +565,7 @@ class GatewayOperations(GuardedOperations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         self._file(fh)
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        await self.offload.run(os.fdatasync if datasync else os.fsync, fh)
 
     # -- directories --------------------------------------------------------------------------
 
@@ -456,18 +579,19 @@ class GatewayOperations(GuardedOperations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dir(fh)
         parent = handle.node
-        if start_id == 0 or handle.names is None:
-            handle.names = [b".", b"..", *self._list(parent)]
-        names = handle.names
-        for i in range(start_id, len(names)):
-            name = names[i]
+        if start_id == 0 or handle.entries is None:
+            hidden = HIDDEN_AT_ROOT if parent.depth == 0 else None
+            with _Pin(parent):
+                handle.entries = await self.offload.run(backing.list_dir, parent.fd, hidden)
+        entries = handle.entries
+        for i in range(start_id, len(entries) + 2):
             if i < 2:  # `.` and `..`: the kernel takes no lookup for them
-                attrs = self._dot_attrs(parent, name)
-                if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
+                name = b"." if i == 0 else b".."
+                if not pyfuse3.readdir_reply(token, name, self._dot_attrs(parent, name), i + 1):
                     break
                 continue
+            name, st = entries[i - 2]
             try:
-                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
                 node = self.inodes.adopt(parent, name, st)
             except FileNotFoundError:
                 continue  # gone since the listing; any other error fails the readdir
@@ -484,13 +608,6 @@ class GatewayOperations(GuardedOperations):
         st = os.stat(b"..", dir_fd=node.fd, follow_symlinks=False)
         return entry_attributes(self.inodes.number(node.fd, b"..", st), st, self.timeout)
 
-    @staticmethod
-    def _list(parent: Node) -> list[bytes]:
-        names = os.listdir(parent.proc.encode())
-        if parent.depth == 0:
-            names = [n for n in names if n != HIDDEN_AT_ROOT]
-        return names
-
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
 
@@ -498,12 +615,21 @@ class GatewayOperations(GuardedOperations):
         node = self._dir(fh).node
         fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            await trio.to_thread.run_sync(os.fsync, fd)
+            await self.offload.run(os.fsync, fd)
         finally:
             os.close(fd)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         return statvfs_data(os.statvfs(self.inodes.root.proc))
+
+    async def statfs_inode(self, inode: int, ctx: pyfuse3.RequestContext
+                           ) -> pyfuse3.StatvfsData:
+        """df of a path in a scope shows the scope (size = limit, used = usage, available =
+        what is left), as XFS project quotas and ceph-fuse do; elsewhere the volume."""
+        disk = os.statvfs(self.inodes.root.proc)
+        node = self.inodes.by_ino.get(inode)
+        scope = self._scope(node) if node is not None else None
+        return scope_statvfs(scope, disk) if scope is not None else statvfs_data(disk)
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         return True  # default_permissions: the kernel checks
@@ -532,11 +658,7 @@ class GatewayOperations(GuardedOperations):
             return
         if stat.S_ISLNK(node.mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        before = os.stat(node.fd)
-        scope = await self._begin(node, xattr_growth(before, name, value), 0)
-        before = os.stat(node.fd)
-        os.setxattr(node.proc, name, value)
-        self._settle_node(scope, node, before)
+        await self._set_xattr(node, name, value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self.inodes.get(inode)
@@ -544,14 +666,22 @@ class GatewayOperations(GuardedOperations):
             raise pyfuse3.FUSEError(errno.EPERM)
         if stat.S_ISLNK(node.mode):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        scope = await self._begin(node, growth=False)
-        before = os.stat(node.fd)
-        os.removexattr(node.proc, name)
-        self._settle_node(scope, node, before)
+        await self._set_xattr(node, name, None)
 
-    def _settle_node(self, scope: ScopeUsage | None, node: Node, before: os.stat_result) -> None:
-        """Charge an xattr block the backing filesystem added or freed for the node."""
-        self._recharge(scope, node, before, os.stat(node.fd))
+    async def _set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
+        """Set (or, for None, remove) a backing xattr, charging the block the backing
+        filesystem added or freed for it."""
+        held = await self.locks.acquire([node.lockkey])
+        try:
+            before = os.stat(node.fd)
+            growth = xattr_growth(before, name, value) if value is not None else 0
+            scope = self._scope(node)
+            with await self.ledger.reserve(scope, growth, 0, growth=value is not None):
+                with _Pin(node):
+                    after = await self.offload.run(backing.set_xattr, node.proc, name, value)
+                self._recharge(scope, node, before, after)
+        finally:
+            self.locks.release(held)
 
     def _recharge(self, scope: ScopeUsage | None, node: Node, before: os.stat_result,
                   after: os.stat_result) -> None:
@@ -568,11 +698,6 @@ def _backing_flags(flags: int) -> int:
     """
     return (flags & ~(os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)) \
         | os.O_CLOEXEC
-
-
-def _child_vfolder(parent: Node, name: bytes) -> str | None:
-    prefix = parent.prefix
-    return vfolder_hex(prefix[:2], prefix[2:], name.decode("ascii", "replace"))
 
 
 def _direct_io(flags: int) -> bool:

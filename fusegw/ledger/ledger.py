@@ -31,6 +31,7 @@ import trio
 
 from fusegw.errors import GatewayError
 from fusegw.ids import QuotaScopeID
+from fusegw.ledger.reservation import NOTHING, Reservation
 from fusegw.ledger.scan import ScanResult, scan_scope
 from fusegw.ledger.usage import QuotaExceeded, ScopeUsage
 from fusegw.state.store import StateDir, UnreadableState, VolumeWriteError
@@ -71,7 +72,30 @@ class Ledger:
         self.snapshot_dropped = False  # ledger.json unlinked for want of a dirty mark
         self.settle_failing: dict[str, str] = {}  # scope -> why its late blocks wait
 
-    # -- admission and charging (called synchronously from FUSE handlers) --------------------
+    # -- admission and charging ----------------------------------------------------------------
+
+    def scope(self, pathname: str | None) -> ScopeUsage | None:
+        """The scope of that directory name, None for none (the volume root, no such scope)."""
+        return self.scopes.get(pathname) if pathname is not None else None
+
+    async def reserve(self, scope: ScopeUsage | None, nbytes: int = 0, ninodes: int = 0,
+                      growth: bool = True) -> Reservation:
+        """Admit a change: wait while a rebuild holds the scope, reserve its growth (EDQUOT
+        beyond a limit), and record durably that the scope is about to change. `growth=False`
+        for a change that can only shrink the scope."""
+        if scope is None:
+            return NOTHING
+        if scope.rebuilding:
+            await self.admit(scope, growth)
+        if not growth:
+            nbytes = ninodes = 0
+        scope.reserve(nbytes, ninodes)
+        try:
+            self.begin_change(scope)
+        except BaseException:
+            scope.unreserve(nbytes, ninodes)
+            raise
+        return Reservation(scope, nbytes, ninodes)
 
     async def admit(self, scope: ScopeUsage, growth: bool) -> None:
         """Wait while a rebuild holds the scope: growth until it ends, shrinks only when frozen."""
@@ -257,6 +281,7 @@ class Ledger:
             while True:
                 attempt += 1
                 scope.frozen = attempt > UNFROZEN_ATTEMPTS
+                await scope.quiesce()  # no change half-made while the scan runs
                 generation = scope.generation
                 result = await self._scan(scope, path)
                 if scope.generation == generation or scope.frozen:

@@ -26,7 +26,7 @@ def scan_scope(
 ) -> ScanResult:
     """Total the scope directory: bytes of distinct inodes, the directory included, and inodes.
 
-    Per-vfolder totals are kept for every `<fid[0:2]>/<fid[2:4]>/<fid[4:]>` below the scope.
+    Per-vfolder totals are kept for every vfolder below the scope (`fusegw.layout`).
     """
     result = ScanResult()
     seen: set[tuple[int, int]] = set()
@@ -49,7 +49,7 @@ def scan_scope(
                 is_dir = stat.S_ISDIR(st.st_mode)
                 child_totals = totals
                 if depth == 2 and is_dir and len(prefix) == 4:
-                    hex_ = vfolder_hex(prefix[:2], prefix[2:], entry.name)
+                    hex_ = vfolder_hex(prefix, entry.name)
                     if hex_ is not None:
                         # The vfolder root's own blocks are its usage; it is not one of its inodes.
                         child_totals = result.vfolders.setdefault(hex_, [0, 0])

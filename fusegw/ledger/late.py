@@ -17,17 +17,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-from fusegw.fs.inodes import Node
-from fusegw.ledger import Ledger, ScopeUsage
 from fusegw.ledger.growth import WriteBound, tree_growth
+from fusegw.ledger.ledger import Ledger
+from fusegw.ledger.usage import ScopeUsage
+
+
+class Tracked(Protocol):
+    """What a tracked file must offer: a path that reopens it, and the vfolder it counts in.
+    (The FUSE layer's node; the ledger knows nothing else of it.)"""
+
+    @property
+    def proc(self) -> str: ...
+
+    vf: str | None
 
 
 @dataclass(slots=True)
 class Unsettled:
-    node: Node
+    node: Tracked
     scope: ScopeUsage
     vf: str | None
     blocks: int  # st_blocks the ledger has charged for this inode
@@ -49,7 +60,7 @@ class LateAllocations:
         extents, reserved = (entry.extents, entry.reserved) if entry is not None else (0, 0)
         return max(0, tree_growth(extents + bound.extents, st.st_blksize or 4096) - reserved)
 
-    def recharge(self, scope: ScopeUsage, node: Node, before: os.stat_result,
+    def recharge(self, scope: ScopeUsage, node: Tracked, before: os.stat_result,
                  after: os.stat_result, extents: int = 0) -> None:
         """Charge a file's change in blocks, against what was charged for it if it is here;
         a write that may add `extents` is kept here, with its reservation charged."""
