@@ -26,6 +26,7 @@ from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_uni
 from fusegw.control.token_routes import TokenRoutes
 from fusegw.errors import GatewayError
 from fusegw.fs.operations import REQUESTS, GatewayOperations
+from fusegw.fs.pyfuse3_check import require_patched
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import prepare_volume
 from fusegw.ledger import Ledger, ScopeUsage
@@ -247,6 +248,8 @@ class Gateway:
 
     def _stop(self, sock: trio.socket.SocketType) -> None:
         pyfuse3.close(unmount=True)
+        if self.ops is not None:
+            self.ops.offload.close()
         sock.close()
         try:
             if self.settings.control_socket:
@@ -312,6 +315,10 @@ def raise_fd_limit() -> None:
 
 def run_gateway(settings: MountSettings, ready: Callable[[], None]) -> None:
     """Run in the foreground until unmounted or signalled; StartupError for refusals."""
+    try:
+        require_patched()
+    except GatewayError as e:
+        raise StartupError(e.detail) from None
     preflight(settings)
     raise_fd_limit()
     # The kernel has applied the caller's umask to every mode a request carries; the daemon's
