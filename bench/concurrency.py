@@ -45,7 +45,7 @@ def drop_caches() -> None:
 
 def settings(quick: bool) -> dict[str, Any]:
     return {
-        # repetitions: fio's runs last seconds; the others a fraction of one, so more of them
+        # repetitions: fio's random reads last seconds, the others about one or less: more
         "fio_reps": 3,
         "reps": 5 if quick else 7,
         # fio: each job reads its own file once (a random map: no block twice), capped at
@@ -254,19 +254,25 @@ def mkdirs(d: Path, procs: int) -> None:
         (d / f"p{i}").mkdir(parents=True, exist_ok=True)
 
 
+Measure = Callable[[Path, int], tuple[float, float, dict[str, Any]]]
+
+
 class Workload:
-    """One figure: `prepare(root)` once per side (untimed), `measure(root)` per repetition
-    returns (figure, operations, detail), after `before(root)` (untimed); `cold` drops the
-    caches before each measurement (every one is preceded by a sync: no writeback left over
-    from the previous run)."""
+    """One figure: `prepare(root)` once per side (untimed), `measure(root, rep)` per
+    repetition returns (figure, operations, detail), after `before(root, rep)` (untimed);
+    `cold` drops the caches before each measurement (every one is preceded by a sync: no
+    writeback left over from the previous run). What the writes made is removed by
+    `cleanup(root)` after the last repetition, not in between: on a disk mounted with
+    `discard`, freed blocks slow the next run down (the native side's creates took 5-7x as
+    long in a repetition after an rm as in the first). `long`: fio's fewer repetitions."""
 
     def __init__(self, key: str, label: str, op: str, cold: bool,
-                 prepare: Callable[[Path], None],
-                 measure: Callable[[Path], tuple[float, float, dict[str, Any]]],
-                 before: Callable[[Path], None] | None = None, fio: bool = False) -> None:
+                 prepare: Callable[[Path], None], measure: Measure,
+                 before: Callable[[Path, int], None] | None = None,
+                 cleanup: Callable[[Path], None] | None = None, long: bool = False) -> None:
         self.key, self.label, self.op, self.cold = key, label, op, cold
-        self.prepare, self.measure, self.before = prepare, measure, before
-        self.fio = fio
+        self.prepare, self.measure, self.before, self.cleanup = prepare, measure, before, cleanup
+        self.long = long
 
 
 def workloads(s: dict[str, Any]) -> list[Workload]:
@@ -282,15 +288,15 @@ def workloads(s: dict[str, Any]) -> list[Workload]:
             "4 KiB read", True,
             lambda root, name=name, jobs=jobs, per_job=per_job:
                 fio_layout(root / name, name, jobs, per_job),
-            lambda root, name=name, jobs=jobs, per_job=per_job:
-                fio_run(root / name, name, "randread", "4k", jobs, per_job, rt), fio=True))
+            lambda root, _rep, name=name, jobs=jobs, per_job=per_job:
+                fio_run(root / name, name, "randread", "4k", jobs, per_job, rt), long=True))
 
     sj, smib = s["seq_jobs"], s["seq_mib_per_job"]
     out.append(Workload(
         f"seqread_1m_{sj}j", f"fio sequential read 1 MiB, {sj} jobs, cold (MiB/s)",
         "1 MiB read", True,
         lambda root: fio_layout(root / "sr", "sr", sj, smib),
-        lambda root: fio_run(root / "sr", "sr", "read", "1M", sj, smib, rt), fio=True))
+        lambda root, _rep: fio_run(root / "sr", "sr", "read", "1M", sj, smib, rt)))
 
     nr, kib = s["reader_files"], s["reader_kib"]
 
@@ -299,7 +305,7 @@ def workloads(s: dict[str, Any]) -> list[Workload]:
         mkdirs(root / "reader", 1)
         spawn("create", root / "reader", 1, nr, kib * 1024, "s")
 
-    def reader_measure(root: Path) -> tuple[float, float, dict[str, Any]]:
+    def reader_measure(root: Path, _rep: int) -> tuple[float, float, dict[str, Any]]:
         r = spawn("reader", root / "reader" / "p0", nr, w)
         return r["ops"] / r["seconds"], r["ops"], {"seconds": r["seconds"]}
 
@@ -310,18 +316,15 @@ def workloads(s: dict[str, Any]) -> list[Workload]:
     per = s["create_per_proc"]
     ckib = s["create_kib"]
 
-    def create_before(root: Path) -> None:
-        rm(root / "create")
-        mkdirs(root / "create", w)
-
-    def create_measure(root: Path) -> tuple[float, float, dict[str, Any]]:
-        r = spawn("create", root / "create", w, per, ckib * 1024)
+    def create_measure(root: Path, rep: int) -> tuple[float, float, dict[str, Any]]:
+        r = spawn("create", root / "create" / f"r{rep}", w, per, ckib * 1024)
         return r["ops"] / r["seconds"], r["ops"], {"seconds": r["seconds"]}
 
     out.append(Workload(
         "create_8p", f"parallel creates: {w} processes x {per:,} files of {ckib} KiB, own "
         "directories (files/s)", "file", False, lambda root: None, create_measure,
-        create_before))
+        lambda root, rep: mkdirs(root / "create" / f"r{rep}", w),
+        lambda root: rm(root / "create")))
 
     nstat, passes = s["stat_files"], s["stat_passes"]
     per_stat = nstat // w
@@ -330,10 +333,10 @@ def workloads(s: dict[str, Any]) -> list[Workload]:
         mkdirs(root / "stat", w)
         spawn("create", root / "stat", w, per_stat, 0, "t")
 
-    def stat_before(root: Path) -> None:
+    def stat_before(root: Path, _rep: int) -> None:
         spawn("stat", root / "stat", w, per_stat, 1)  # the first pass: warm
 
-    def stat_measure(root: Path) -> tuple[float, float, dict[str, Any]]:
+    def stat_measure(root: Path, _rep: int) -> tuple[float, float, dict[str, Any]]:
         r = spawn("stat", root / "stat", w, per_stat, passes)
         return r["ops"] / r["seconds"], r["ops"], {"seconds": r["seconds"]}
 
@@ -343,23 +346,26 @@ def workloads(s: dict[str, Any]) -> list[Workload]:
 
     cmib, chunk, bs = s["checkpoint_mib"], s["checkpoint_chunk_mib"], s["dd_bs_mib"]
 
-    def ckpt_measure(root: Path) -> tuple[float, float, dict[str, Any]]:
-        r = spawn("checkpoint", root / "ckpt.pt", cmib, chunk)
+    def ckpt_measure(root: Path, rep: int) -> tuple[float, float, dict[str, Any]]:
+        r = spawn("checkpoint", root / "ckpt" / f"r{rep}.pt", cmib, chunk)
         return cmib / r["seconds"], r["ops"], {"seconds": r["seconds"]}
+
+    def ckpt_prepare(root: Path) -> None:
+        (root / "ckpt").mkdir(exist_ok=True)
 
     out.append(Workload(
         "checkpoint_py", f"checkpoint write: {cmib} MiB in {chunk} MiB write() calls, fsync "
-        "(MiB/s)", f"{chunk} MiB write()", False, lambda root: None, ckpt_measure,
-        lambda root: rm(root / "ckpt.pt")))
+        "(MiB/s)", f"{chunk} MiB write()", False, ckpt_prepare, ckpt_measure,
+        cleanup=lambda root: rm(root / "ckpt")))
 
-    def dd_measure(root: Path) -> tuple[float, float, dict[str, Any]]:
-        seconds, ops = dd_write(root / "ckpt.dd", cmib, bs)
+    def dd_measure(root: Path, rep: int) -> tuple[float, float, dict[str, Any]]:
+        seconds, ops = dd_write(root / "ckpt" / f"r{rep}.dd", cmib, bs)
         return cmib / seconds, ops, {"seconds": seconds}
 
     out.append(Workload(
         "checkpoint_dd", f"checkpoint write: dd bs={bs}M count={cmib // bs} conv=fsync (MiB/s)",
-        f"{bs} MiB write()", False, lambda root: None, dd_measure,
-        lambda root: rm(root / "ckpt.dd")))
+        f"{bs} MiB write()", False, ckpt_prepare, dd_measure,
+        cleanup=lambda root: rm(root / "ckpt")))
     return out
 
 
@@ -402,13 +408,13 @@ def run_phase(gateway: Path, native: Path, sock: Path, pid: int, quick: bool,
             samples: dict[str, list[float]] = {"native": [], "gateway": []}
             details: dict[str, list[dict[str, Any]]] = {"native": [], "gateway": []}
             probes: list[dict[str, Any]] = []
-            reps = s["fio_reps"] if wl.fio else s["reps"]
+            reps = s["fio_reps"] if wl.long else s["reps"]
             for rep in range(reps):
                 order = ["native", "gateway"] if rep % 2 == 0 else ["gateway", "native"]
                 for side in order:
                     root = roots[side]
                     if wl.before:
-                        wl.before(root)
+                        wl.before(root, rep)
                     if wl.cold:
                         drop_caches()
                     else:
@@ -416,13 +422,18 @@ def run_phase(gateway: Path, native: Path, sock: Path, pid: int, quick: bool,
                     if side == "gateway":
                         probe.start()
                     disk0 = disk_read_bytes()
-                    figure, ops, detail = wl.measure(root)
+                    figure, ops, detail = wl.measure(root, rep)
                     # what reached the disk: a cold run's reads, or more with readahead
                     detail["disk_read_MiB"] = (disk_read_bytes() - disk0) / MiB
                     if side == "gateway":
                         probes.append(probe.stop(ops))
                     samples[side].append(figure)
                     details[side].append(detail)
+            if wl.cleanup:
+                for root in roots.values():
+                    wl.cleanup(root)
+                os.sync()
+                time.sleep(1)  # the discards of what was freed, before the next workload
             g, n = statistics.median(samples["gateway"]), statistics.median(samples["native"])
             us = [p["daemon_us_per_request"] for p in probes
                   if p["daemon_us_per_request"] is not None]
@@ -472,7 +483,7 @@ def _num(v: float) -> str:
 def markdown_lines(c: dict[str, Any]) -> list[str]:
     s = c["settings"]
     lines = [f"Concurrent workloads (issue 12): medians of interleaved repetitions ("
-             f"{s['fio_reps']} of each fio run, {s['reps']} of the others); gateway in the "
+             f"{s['fio_reps']} of each fio random read, {s['reps']} of the others); gateway in the "
              "limited vfolder, native at the same depth; requests/op and daemon CPU counted "
              "by the daemon on the gateway runs.", ""]
     busy = c.get("cpu_busy_percent", {})

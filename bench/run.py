@@ -197,6 +197,16 @@ def write_only(path: Path, size: str) -> float:
     return mib / seconds
 
 
+def tree_state() -> str:
+    """The commit the daemon ran from (it is started from the working tree)."""
+    try:
+        head = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").strip()
+        dirty = sh("git", "-C", str(ROOT), "status", "--porcelain", "--", "fusegw").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in fusegw/" if dirty else "")
+
+
 def median_of(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
@@ -414,7 +424,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
     lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['mode']} run"
-             f"{', ' + meta['only'] + ' only' if meta.get('only') else ''}).", ""]
+             f"{', ' + meta['only'] + ' only' if meta.get('only') else ''}"
+             f"{', fusegw at ' + meta['tree'] if meta.get('tree') else ''}).", ""]
     if "data" in r:
         lines += ["| figure | gateway | native | gateway/native | pyfuse3 passthroughfs.py |",
                   "|---|---|---|---|---|"]
@@ -454,6 +465,7 @@ def main() -> None:
                    f"{psutil.virtual_memory().total // 2**30} GiB, kernel {platform.release()}",
         "mode": "quick" if args.quick else "full",
         "seconds": f"{time.time() - started:.0f}",
+        "tree": tree_state(),
         **({"only": args.only} if args.only else {}),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
