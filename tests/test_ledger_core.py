@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -206,10 +207,35 @@ async def test_offload_runs_calls_side_by_side_and_raises_their_errors() -> None
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(4):
-                nursery.start_soon(pool.run, barrier.wait)
+                nursery.start_soon(pool.in_thread, barrier.wait)
         with pytest.raises(FileNotFoundError):
-            await pool.run(os.stat, "/nonexistent/fusegw")
-        assert await pool.run(sum, [1, 2, 3]) == 6
+            await pool.in_thread(os.stat, "/nonexistent/fusegw")
+        assert await pool.in_thread(sum, [1, 2, 3]) == 6
+    finally:
+        pool.close()
+
+
+@pytest.mark.trio
+async def test_offload_keeps_short_calls_inline_and_sends_waiting_ones_to_workers() -> None:
+    """A call that returns at once stays on the loop (the hop would cost more than it saves);
+    one that waits (here 5 ms, as a slow disk) goes to the workers once it is known to wait,
+    except when nothing else is being served."""
+    alone = False
+    pool = Offload(threads=2, alone=lambda: alone)
+
+    def waits() -> None:
+        time.sleep(0.005)  # the workload: a syscall that takes its time
+
+    try:
+        for _ in range(5):
+            await pool.run(os.getpid)
+        assert (pool.inline_calls, pool.offloaded_calls) == (5, 0)
+        await pool.run(waits)  # first seen: inline, and measured
+        await pool.run(waits)
+        assert pool.offloaded_calls == 1 and pool.pace[waits] >= 0.005
+        alone = True
+        await pool.run(waits)
+        assert pool.offloaded_calls == 1  # alone: inline
     finally:
         pool.close()
 

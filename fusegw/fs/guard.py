@@ -45,6 +45,18 @@ HANDLERS = frozenset(name for name, fn in vars(pyfuse3.Operations).items()
 REQUESTS: collections.Counter[str] = collections.Counter()
 """FUSE requests answered, by operation (for `GET /metrics` and the bench's request counts)."""
 
+class InFlight:
+    """Requests being answered right now (a handler between its start and its reply)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+IN_FLIGHT = InFlight()
+"""Lets a handler alone in the daemon skip the worker-thread hop (`fusegw.fs.offload`)."""
+
 IO: dict[str, int] = {"read_bytes": 0, "write_bytes": 0, "read_ns": 0, "write_ns": 0}
 """Bytes `read` and `write` answered and the time spent in them (for
 `GET /volume/performance-metric`): counted in their guard, where the answer is at hand, so the
@@ -68,12 +80,15 @@ def guard(fn: F) -> F:
     @functools.wraps(fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         REQUESTS[op] += 1
+        IN_FLIGHT.n += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
             raise pyfuse3.FUSEError(errno_of(e, op)) from None
+        finally:
+            IN_FLIGHT.n -= 1
 
     guarded.__guarded__ = True  # type: ignore[attr-defined]
     return cast(F, guarded)
@@ -89,6 +104,7 @@ def guard_io(fn: F) -> F:
     @functools.wraps(fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         REQUESTS[op] += 1
+        IN_FLIGHT.n += 1
         started = time.perf_counter_ns()
         try:
             result = await fn(*args, **kwargs)
@@ -98,6 +114,7 @@ def guard_io(fn: F) -> F:
             raise pyfuse3.FUSEError(errno_of(e, op)) from None
         finally:
             IO[ns_key] += time.perf_counter_ns() - started
+            IN_FLIGHT.n -= 1
         IO[bytes_key] += size(result)
         return result
 

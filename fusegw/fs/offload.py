@@ -1,19 +1,26 @@
-"""A bounded pool of worker threads for the syscalls that may wait on the disk.
+"""A bounded pool of worker threads for the syscalls that may wait on the disk, used only
+where waiting is what they do.
 
 A handler whose syscall runs here gives the event loop back while the disk works, so other
 requests of the mount are served meanwhile and the disk sees as many requests at once as
-there are workers. `trio.to_thread.run_sync` does this too, but costs ~70 µs of CPU per call
-on this machine kind (its thread cache hands each call over through a fresh lock and carries
-the context over); this pool's threads take calls from one queue and wake the waiting task
-through the trio token, ~50 µs alone and ~25 µs per call when many are in flight (measured
-with 20,000 `pread`s, `bench/` profiles). Calls are never cancelled once queued: a syscall
-cannot be taken back, and the kernel waits for every FUSE answer anyway.
+there are workers. The hop has a price: ~50 µs of CPU alone and ~25 µs per call when many are
+in flight (the wake-ups of a worker and of the loop; `trio.to_thread.run_sync` costs ~70 µs),
+which is more than a read that the backing disk answers in 50 µs waits. So each kind of call
+(`fn`) keeps the moving average of how long it takes, and runs inline while that is below
+FAST: a call that short holds the other requests up for less than the hop would cost them.
+A call made while nothing else is being served (`alone`) also runs inline: there is no one
+for it to hold up. Everything slower goes to the workers, and keeps being measured there, so
+a disk that becomes fast again is noticed.
+
+Calls are never cancelled once queued: a syscall cannot be taken back, and the kernel waits
+for every FUSE answer anyway.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,12 +33,23 @@ DEFAULT_THREADS = 16
 """Enough to keep a disk's queue busy behind 16 readers, few enough to stay cheap: threads
 wait on the disk, not on the two cores."""
 
+FAST = 150e-6
+"""Calls whose average duration is below this run inline (about three times the hop's cost)."""
+
+WEIGHT = 0.1
+"""The weight of the newest duration in the moving average."""
+
 _Job = tuple[trio.lowlevel.Task, Callable[..., Any], tuple[Any, ...]] | None
 
 
 class Offload:
-    def __init__(self, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, threads: int = DEFAULT_THREADS,
+                 alone: Callable[[], bool] | None = None) -> None:
         self.threads = threads
+        self._alone = alone
+        self.pace: dict[Callable[..., Any], float] = {}  # fn -> average seconds per call
+        self.inline_calls = 0
+        self.offloaded_calls = 0
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._token: trio.lowlevel.TrioToken | None = None
@@ -47,23 +65,46 @@ class Offload:
         token = self._token
         assert token is not None
         jobs = self._jobs
+        clock = time.perf_counter
         while (job := jobs.get()) is not None:
             task, fn, args = job
+            started = clock()
             result = outcome.capture(fn, *args)
+            took = clock() - started
             try:
-                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+                token.run_sync_soon(trio.lowlevel.reschedule, task,
+                                    outcome.Value((result, took)))
             except trio.RunFinishedError:
                 return
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in a worker thread; its result, or its exception raised here."""
+        """fn(*args), inline if that is cheaper (see the module's docstring), else in a worker
+        thread; its result, or its exception raised here."""
+        if self.pace.get(fn, 0.0) < FAST or (self._alone is not None and self._alone()):
+            self.inline_calls += 1
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self._note(fn, time.perf_counter() - started)
+        return await self.in_thread(fn, *args)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker thread, whatever it costs."""
         if self._token is None:
             self._start()
         await trio.lowlevel.checkpoint_if_cancelled()
+        self.offloaded_calls += 1
         self._jobs.put((trio.lowlevel.current_task(), fn, args))
-        result: T = await trio.lowlevel.wait_task_rescheduled(
+        result, took = await trio.lowlevel.wait_task_rescheduled(
             lambda _: trio.lowlevel.Abort.FAILED)
-        return result
+        self._note(fn, took)
+        value: T = result.unwrap()
+        return value
+
+    def _note(self, fn: Callable[..., Any], took: float) -> None:
+        pace = self.pace.get(fn)
+        self.pace[fn] = took if pace is None else pace + WEIGHT * (took - pace)
 
     def close(self) -> None:
         """Let the workers end once the queue is drained."""

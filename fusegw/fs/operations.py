@@ -30,7 +30,7 @@ import pyfuse3
 
 from fusegw.fs import backing, syscalls
 from fusegw.fs.attrs import entry_attributes, scope_statvfs, statvfs_data
-from fusegw.fs.guard import REQUESTS, GuardedOperations
+from fusegw.fs.guard import IN_FLIGHT, REQUESTS, GuardedOperations
 from fusegw.fs.inodes import InodeTable, Node
 from fusegw.fs.locks import InodeLocks, Key
 from fusegw.fs.offload import Offload
@@ -118,7 +118,7 @@ class GatewayOperations(GuardedOperations):
         self.ledger = ledger
         self.xattrs = xattrs
         self.timeout = timeout
-        self.offload = offload or Offload()
+        self.offload = offload or Offload(alone=lambda: IN_FLIGHT.n <= 1)
         self.locks = InodeLocks()
         self.late = LateAllocations(ledger)
         ledger.settlers.append(self.late)
