@@ -100,8 +100,15 @@ def pwrite(fh: int, buf: bytes, off: int) -> tuple[int, os.stat_result]:
     return os.pwrite(fh, buf, off), os.fstat(fh)
 
 
-def pread(fh: int, size: int, off: int) -> bytes:
-    return os.pread(fh, size, off)
+def pread_into(fh: int, buf: memoryview, off: int) -> int:
+    """Fill `buf` from offset `off` (short only at the end of the file); bytes read."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fh, [buf[done:]], off + done)
+        if not n:
+            break
+        done += n
+    return done
 
 
 def fallocate(fh: int, mode: int, off: int, length: int) -> os.stat_result:

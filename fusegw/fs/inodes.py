@@ -47,7 +47,7 @@ class Node:
     carries the fan-out names while depth < 4 so the vfolder root can spell its folder hex.
     """
 
-    __slots__ = ("_fd", "busy", "depth", "generation", "handle", "ino", "key", "lockkey",
+    __slots__ = ("_fd", "bino", "busy", "depth", "generation", "handle", "ino", "key",
                  "lookups", "mode", "natural", "prefix", "scope", "stamp", "table", "vf")
 
     def __init__(self, ino: int, fd: int, key: tuple[int, int | bytes], mode: int,
@@ -57,7 +57,7 @@ class Node:
         self.table = table
         self.handle = handle
         self.key = key
-        self.lockkey = (0, 0)  # (st_dev, st_ino): its change lock (fusegw.fs.locks)
+        self.bino = 0  # the backing st_ino (st_dev is key[0])
         self.busy = 0  # calls in worker threads using its descriptor: it stays open
         self.mode = mode
         self.generation = numbers.generation(handle)
@@ -75,6 +75,11 @@ class Node:
         if self.table is None or self.handle is None:
             return self._fd
         return self.table.descriptor(self)
+
+    @property
+    def lockkey(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the backing inode: the key of its change lock (fusegw.fs.locks)."""
+        return self.key[0], self.bino
 
     @property
     def proc(self) -> str:
@@ -111,7 +116,7 @@ class InodeTable:
         st = os.fstat(root_fd)
         root = Node(pyfuse3.ROOT_INODE, root_fd, (st.st_dev, st.st_ino), st.st_mode)
         root.lookups = 1
-        root.lockkey = (st.st_dev, st.st_ino)
+        root.bino = st.st_ino
         self.root = root
         self.numbers = numbers.Numbering(st)
         self.by_ino: dict[int, Node] = {root.ino: root}
@@ -267,7 +272,7 @@ class InodeTable:
             ino = None
         node = Node(ino or self.numbers.spare(self.by_ino), fd, key, st.st_mode, self, handle)
         node.natural = ino is not None
-        node.lockkey = (st.st_dev, st.st_ino)
+        node.bino = st.st_ino
         node.lookups = lookups + 1
         ino = node.ino
         self.by_ino[ino] = node
