@@ -111,8 +111,20 @@ class Gateway:
             "rebuilds": self.ledger.rebuilds,
             "scans": dict(self.ledger.scans),
             "fuse_requests": dict(REQUESTS),
+            "syscalls": self._syscalls(),
             **self._persistence(),
         }
+
+    def _syscalls(self) -> dict[str, Any]:
+        """Where the handlers' blocking syscalls ran (fusegw/fs/offload.py): inline or in a
+        worker thread, and each kind's average duration in µs."""
+        if self.ops is None:
+            return {}
+        pool = self.ops.offload
+        return {"inline": pool.inline_calls, "in_threads": pool.offloaded_calls,
+                "threads": pool.threads,
+                "average_us": {getattr(fn, "__name__", str(fn)): round(t * 1e6, 1)
+                               for fn, t in pool.pace.items()}}
 
     def _persistence(self) -> dict[str, Any]:
         """`state`: "ok" while every state file is written, "degraded" while some cannot be
