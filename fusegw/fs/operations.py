@@ -497,12 +497,13 @@ class GatewayOperations(GuardedOperations):
         buf = bytearray(size)
         try:
             n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
-        except BlockingIOError:
+        except BlockingIOError:  # nothing cached at `off`
             n = 0
-        if n == size:
-            return cast(bytes, buf)
-        if off + n >= os.fstat(fh).st_size:  # the end of the file, not a cache miss
-            return cast(bytes, memoryview(buf)[:n])
+        else:
+            if n == size:
+                return cast(bytes, buf)
+            if off + n >= os.fstat(fh).st_size:  # the end of the file, not a cache miss
+                return cast(bytes, memoryview(buf)[:n])
         # the rest into the same buffer: no copy of what the cache gave
         n += await self.offload.run(backing.pread_into, fh, memoryview(buf)[n:], off + n)
         return cast(bytes, buf if n == size else memoryview(buf)[:n])
