@@ -100,6 +100,11 @@ def pwrite(fh: int, buf: bytes, off: int) -> tuple[int, os.stat_result]:
     return os.pwrite(fh, buf, off), os.fstat(fh)
 
 
+def pread(fh: int, size: int, off: int) -> bytes:
+    """The key under which reads are timed (`Offload.pace`); reads run as `os.pread`."""
+    return os.pread(fh, size, off)
+
+
 def pread_into(fh: int, buf: memoryview, off: int) -> int:
     """Fill `buf` from offset `off` (short only at the end of the file); bytes read."""
     done = 0

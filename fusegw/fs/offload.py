@@ -80,17 +80,27 @@ class Offload:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args), inline if that is cheaper (see the module's docstring), else in a worker
         thread; its result, or its exception raised here."""
-        if self.pace.get(fn, 0.0) < FAST or (self._alone is not None and self._alone()):
-            self.inline_calls += 1
-            started = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                self._note(fn, time.perf_counter() - started)
+        if self.inline_now(fn):
+            return self.inline(fn, *args)
         return await self.in_thread(fn, *args)
 
-    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in a worker thread, whatever it costs."""
+    def inline_now(self, key: Callable[..., Any]) -> bool:
+        """Whether a call of this kind runs inline now."""
+        return self.pace.get(key, 0.0) < FAST or (self._alone is not None and self._alone())
+
+    def inline(self, fn: Callable[..., T], *args: Any, key: Callable[..., Any] | None = None
+               ) -> T:
+        """fn(*args) on this thread, its duration counted for `key` (fn by default)."""
+        self.inline_calls += 1
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._note(key or fn, time.perf_counter() - started)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any,
+                        key: Callable[..., Any] | None = None) -> T:
+        """fn(*args) in a worker thread, whatever it costs; its duration counted for `key`."""
         if self._token is None:
             self._start()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -98,7 +108,7 @@ class Offload:
         self._jobs.put((trio.lowlevel.current_task(), fn, args))
         result, took = await trio.lowlevel.wait_task_rescheduled(
             lambda _: trio.lowlevel.Abort.FAILED)
-        self._note(fn, took)
+        self._note(key or fn, took)
         value: T = result.unwrap()
         return value
 

@@ -491,9 +491,13 @@ class GatewayOperations(GuardedOperations):
         return os.open(path, flags)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        """From the page cache inline when it holds the range (RWF_NOWAIT answers EAGAIN
-        instead of waiting); the rest from a worker thread. (pyfuse3 takes any buffer,
-        whatever its stub says: no copy into bytes.)"""
+        """Inline while reads are quick (the disk's or the cache's, `fusegw.fs.offload`);
+        once they wait, from the page cache inline when it holds the range (RWF_NOWAIT
+        answers EAGAIN instead of waiting) and the rest from a worker thread. (pyfuse3 takes
+        any buffer, whatever its stub says: no copy into bytes.)"""
+        pool = self.offload
+        if pool.inline_now(backing.pread):
+            return pool.inline(os.pread, fh, size, off, key=backing.pread)
         buf = bytearray(size)
         try:
             n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
@@ -505,7 +509,8 @@ class GatewayOperations(GuardedOperations):
             if off + n >= os.fstat(fh).st_size:  # the end of the file, not a cache miss
                 return cast(bytes, memoryview(buf)[:n])
         # the rest into the same buffer: no copy of what the cache gave
-        n += await self.offload.run(backing.pread_into, fh, memoryview(buf)[n:], off + n)
+        n += await pool.in_thread(backing.pread_into, fh, memoryview(buf)[n:], off + n,
+                                  key=backing.pread)
         return cast(bytes, buf if n == size else memoryview(buf)[:n])
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
