@@ -68,6 +68,9 @@ class QuotaBackend(abc.ABC):
 
     name: ClassVar[str]
     enforces_bytes: ClassVar[bool] = False
+    # The volume is a network filesystem: a syscall may wait on a server for as long as it
+    # is away, so the gateway sends every one that may wait to its worker threads.
+    network: ClassVar[bool] = False
     enforces_inodes: ClassVar[bool] = False
     capabilities: ClassVar[frozenset[str]] = frozenset({"vfolder", "quota"})
     option_keys: ClassVar[frozenset[str]] = frozenset()

@@ -110,6 +110,7 @@ class CephFSBackend(QuotaBackend):
 
     name = "cephfs"
     enforces_bytes = True
+    network = True
     enforces_inodes = True
     option_keys = frozenset({"emulated"})
 

@@ -149,6 +149,8 @@ class GatewayOptions(_Strict):
     xattr_limits: bool = False
     cache_timeout: Annotated[float, Field(gt=0)] | None = None
     read_ahead_kb: Annotated[int, Field(ge=0)] = 4096
+    io_threads: Annotated[int, Field(ge=1, le=1024)] = 16
+    io_inline_max_us: Annotated[float, Field(ge=0)] | None = None
     control_socket: FilePath | None = None
     allow_exposed_source: bool = False
     allow_nonempty_mountpoint: bool = False

@@ -25,6 +25,8 @@ from fusegw.control.routes import VolumeRoutes
 from fusegw.control.server import bind_unix, resolve_group, serve_tcp, serve_unix
 from fusegw.control.token_routes import TokenRoutes
 from fusegw.errors import GatewayError
+from fusegw.fs.guard import IN_FLIGHT
+from fusegw.fs.offload import FAST, Offload
 from fusegw.fs.operations import REQUESTS, GatewayOperations
 from fusegw.fs.pyfuse3_check import require_patched
 from fusegw.fs.xattrs import UsageXattrs
@@ -169,7 +171,12 @@ class Gateway:
         timeout = s.cache_timeout
         if timeout is None:  # a volume other gateways may change too needs fresher caches
             timeout = 1.0 if self.backend.enforces_bytes else EXCLUSIVE_CACHE_TIMEOUT
-        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout)
+        inline_us = s.io_inline_max_us
+        if inline_us is None:
+            inline_us = 0.0 if self.backend.network else FAST * 1e6
+        offload = Offload(s.io_threads, inline_us / 1e6,
+                          alone=(lambda: IN_FLIGHT.n <= 1) if inline_us else None)
+        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout, offload)
         metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)

@@ -47,6 +47,9 @@ class MountSettings:
     fuse_options: set[str] = field(default_factory=set)
     backend_options: dict[str, Any] = field(default_factory=dict)
     read_ahead_kb: int = 4096  # the FUSE mount's readahead: 1 MiB requests, not 128 KiB
+    io_threads: int = 16  # worker threads for syscalls that wait (fusegw.fs.offload)
+    # calls averaging below this run inline; 0: none; default 150, 0 on network filesystems
+    io_inline_max_us: float | None = None
     tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
     auth_token: str | None = None
     allow_exposed_source: bool = False  # serve a SOURCE users can reach directly (warned)

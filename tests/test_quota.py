@@ -226,11 +226,32 @@ def test_write_past_limit_fails_edquot_and_leaves_file_unchanged(gateway: Gatewa
 # -- 2. concurrent writers never overshoot --------------------------------------------------
 
 
-def test_concurrent_writers_stop_at_limit_with_whole_writes(gateway: Gateway) -> None:
+THREADED = ["-o", "io_inline_max_us=0,io_threads=8"]
+"""Every syscall that may wait in a worker thread, whatever the disk's speed: the path a slow
+disk takes."""
+
+
+@pytest.fixture(params=["adaptive", "threaded"])
+def mode_gateway(request: pytest.FixtureRequest, make_gateway: Callable[..., Gateway]
+                 ) -> Gateway:
+    """A gateway as configured by default, and one serving every waiting syscall from its
+    worker threads."""
+    gw: Gateway = make_gateway(extra=THREADED if request.param == "threaded" else [])
+    return gw
+
+
+def assert_threads_used(gw: Gateway) -> None:
+    calls = gw.request("GET", "/").json()["syscalls"]
+    if "io_inline_max_us=0,io_threads=8" in gw.extra:
+        assert calls["in_threads"] > 0 and calls["threads"] == 8, calls
+
+
+def test_concurrent_writers_stop_at_limit_with_whole_writes(mode_gateway: Gateway) -> None:
     """16 threads appending 64 KiB writes to their own files until EDQUOT end with the scope at
     or below its limit, in the ledger and per du; every write was stored whole or refused
     (each file size a multiple of 64 KiB, equal to what its writer was told it wrote), and the
     scope was filled to within one refused write per writer of the limit."""
+    gateway = mode_gateway
     qsid = new_qsid()
     limit = 8 * MiB
     writers = 16
@@ -283,6 +304,7 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(gateway: Gateway) ->
     total = sum(written)
     assert total >= limit - writers * CHUNK - overhead, (total, limit, overhead)
     assert_exact(gateway, qsid, [vf])
+    assert_threads_used(gateway)
 
 
 def _mixed_writer(kind: int, d: Path, limit: int, barrier: threading.Barrier) -> int:
@@ -335,11 +357,12 @@ def _mixed_writer(kind: int, d: Path, limit: int, barrier: threading.Barrier) ->
     return 0
 
 
-def test_sixteen_mixed_writers_never_overshoot(gateway: Gateway) -> None:
+def test_sixteen_mixed_writers_never_overshoot(mode_gateway: Gateway) -> None:
     """16 threads of six kinds of growth (appends, sparse writes, small files, directories and
     symlinks, fallocate, truncate-and-fill) race into one scope with requests served
     concurrently by the daemon: every one is stopped by EDQUOT, the scope never passes its
     limit (ledger and du), and once quiet the ledger equals du exactly."""
+    gateway = mode_gateway
     qsid = new_qsid()
     limit = 12 * MiB
     writers = 16
@@ -368,6 +391,7 @@ def test_sixteen_mixed_writers_never_overshoot(gateway: Gateway) -> None:
     assert du_bytes(scope_backing(gateway, qsid)) <= limit
     figures = assert_exact(gateway, qsid, [vf])
     assert figures["used_bytes"] <= limit
+    assert_threads_used(gateway)
 
 
 # -- 3. accounting is exact after a mixed workload -------------------------------------------

@@ -39,7 +39,8 @@ FUSE_OPTIONS = {"ro", "nosuid", "nodev", "noexec", "sync", "dirsync", "atime", "
 FUSE_VALUE_OPTIONS = {c: re.compile(r".+") for c in ("context", "fscontext", "defcontext",
                                                      "rootcontext")}
 OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
-               "cache_timeout", "read_ahead_kb", "log_file", "log_level",
+               "cache_timeout", "read_ahead_kb", "io_threads", "io_inline_max_us",
+               "log_file", "log_level",
                "allow_exposed_source", "allow_nonempty_mountpoint", "nonempty",
                "adopt_nonempty", "clear_dead"}
 OPTION_ALIASES = {"nonempty": "allow_nonempty_mountpoint"}  # libfuse 2's name for it
@@ -173,7 +174,8 @@ def _options(own: dict[str, str]) -> dict[str, Any]:
         raise StartupError("; ".join(f"-o {problem}" for problem in e.problems)) from None
 
 
-MOUNT_OPTION_KEYS = {"xattr_limits", "cache_timeout", "read_ahead_kb", "control_socket",
+MOUNT_OPTION_KEYS = {"xattr_limits", "cache_timeout", "read_ahead_kb", "io_threads",
+                     "io_inline_max_us", "control_socket",
                      "allow_exposed_source", "allow_nonempty_mountpoint", "adopt_nonempty",
                      "clear_dead"}
 
@@ -220,6 +222,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         fsprefix=str(table.fsprefix) if table else ".",
         cache_timeout=pick("cache_timeout"),
         read_ahead_kb=pick("read_ahead_kb", default=4096),
+        io_threads=pick("io_threads", default=16),
+        io_inline_max_us=pick("io_inline_max_us"),
         fuse_options=fuse,
         backend_options={k: v for k, v in vopts.items() if k not in GATEWAY_OPTION_KEYS},
         tcp_listen=args.tcp_listen or (control.tcp_listen if control else None),

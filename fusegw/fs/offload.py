@@ -43,9 +43,10 @@ _Job = tuple[trio.lowlevel.Task, Callable[..., Any], tuple[Any, ...]] | None
 
 
 class Offload:
-    def __init__(self, threads: int = DEFAULT_THREADS,
+    def __init__(self, threads: int = DEFAULT_THREADS, fast: float = FAST,
                  alone: Callable[[], bool] | None = None) -> None:
         self.threads = threads
+        self.fast = fast  # 0: every call in a worker (and `alone` None)
         self._alone = alone
         self.pace: dict[Callable[..., Any], float] = {}  # fn -> average seconds per call
         self.inline_calls = 0
@@ -86,7 +87,8 @@ class Offload:
 
     def inline_now(self, key: Callable[..., Any]) -> bool:
         """Whether a call of this kind runs inline now."""
-        return self.pace.get(key, 0.0) < FAST or (self._alone is not None and self._alone())
+        return self.pace.get(key, 0.0) < self.fast or (self._alone is not None
+                                                        and self._alone())
 
     def inline(self, fn: Callable[..., T], *args: Any, key: Callable[..., Any] | None = None
                ) -> T:

@@ -129,6 +129,7 @@ class GatewayOperations(GuardedOperations):
         self.late = LateAllocations(ledger)
         ledger.settlers.append(self.late)
         self.files: dict[int, OpenFile] = {}
+        self._no_nowait: set[int] = set()  # open files whose backing refuses RWF_NOWAIT
         self.dirs: dict[int, OpenDir] = {}
         self._next_dir = 1
         self._negative = pyfuse3.EntryAttributes()  # st_ino 0: "no such entry", cacheable
@@ -500,8 +501,13 @@ class GatewayOperations(GuardedOperations):
             return pool.inline(os.pread, fh, size, off, key=backing.pread)
         buf = bytearray(size)
         try:
-            n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
+            n = 0 if fh in self._no_nowait else os.preadv(fh, [buf], off, os.RWF_NOWAIT)
         except BlockingIOError:  # nothing cached at `off`
+            n = 0
+        except OSError as e:  # a backing filesystem without RWF_NOWAIT (FUSE, NFS, ...)
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            self._no_nowait.add(fh)
             n = 0
         else:
             if n == size:
@@ -574,6 +580,7 @@ class GatewayOperations(GuardedOperations):
 
     async def release(self, fh: int) -> None:
         if self.files.pop(fh, None) is not None:
+            self._no_nowait.discard(fh)
             os.close(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
