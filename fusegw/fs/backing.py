@@ -121,13 +121,14 @@ def fallocate(fh: int, mode: int, off: int, length: int) -> os.stat_result:
     return os.fstat(fh)
 
 
-def truncate(fh: int | None, proc: str, size: int) -> os.stat_result:
-    """ftruncate an open file, or truncate the inode behind a /proc/self/fd path."""
+def truncate(fh: int | None, proc: str, size: int) -> tuple[None, os.stat_result]:
+    """ftruncate an open file, or truncate the inode behind a /proc/self/fd path; the stat
+    after."""
     if fh is not None:
         os.ftruncate(fh, size)
-        return os.fstat(fh)
+        return None, os.fstat(fh)
     os.truncate(proc, size)
-    return os.stat(proc)
+    return None, os.stat(proc)
 
 
 def open_file(proc: str, flags: int) -> tuple[int, os.stat_result]:

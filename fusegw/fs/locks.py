@@ -69,6 +69,10 @@ class InodeLocks:
         held.append(key)
         return True
 
+    def hold(self, *keys: Key) -> Held:
+        """`async with locks.hold(key, ...)`: the locks of `keys` for the block."""
+        return Held(self, keys)
+
     def release(self, held: Iterable[Key]) -> None:
         for key in held:
             entry = self._entries[key]
@@ -79,3 +83,21 @@ class InodeLocks:
         entry.users -= 1
         if not entry.users:
             del self._entries[key]
+
+
+class Held:
+    """The locks of some keys, taken on entering an `async with` block, given back on leaving."""
+
+    __slots__ = ("_held", "_keys", "_locks")
+
+    def __init__(self, locks: InodeLocks, keys: tuple[Key, ...]) -> None:
+        self._locks = locks
+        self._keys = keys
+        self._held: list[Key] = []
+
+    async def __aenter__(self) -> None:
+        self._held = await self._locks.acquire(self._keys)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._locks.release(self._held)
+        self._held = []

@@ -276,16 +276,20 @@ class GatewayOperations(GuardedOperations):
 
     async def _truncate(self, node: Node, fh: int | None, size: int) -> None:
         """Shrinking is always allowed; an extending truncate allocates nothing."""
-        held = await self.locks.acquire([node.lockkey])
-        try:
+        await self._shrink(node, backing.truncate, fh, node.proc, size)
+
+    async def _shrink(self, node: Node, fn: Callable[..., tuple[T, os.stat_result]],
+                      *args: Any) -> T:
+        """A change that can only shrink the node (truncate, open with O_TRUNC), made under
+        its change lock and charged as measured: fn(*args) returns (result, stat after)."""
+        async with self.locks.hold(node.lockkey):
             scope = self._scope(node)
             with await self.ledger.reserve(scope, growth=False):
                 before = os.stat(node.fd)
                 with _Pin(node):
-                    after = await self.offload.run(backing.truncate, fh, node.proc, size)
+                    result, after = await self._run(fn, *args)
                 self._recharge(scope, node, before, after)
-        finally:
-            self.locks.release(held)
+        return result
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         # readlinkat(fd, "") reads the symlink an O_PATH descriptor refers to.
@@ -318,16 +322,13 @@ class GatewayOperations(GuardedOperations):
         """
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, is_dir)
-        held = await self.locks.acquire([parent.lockkey])
-        try:
+        async with self.locks.hold(parent.lockkey):
             with await self.ledger.reserve(self._scope(parent), growth, 1) as r:
                 pst = os.fstat(parent.fd)
                 with _Pin(parent):
                     made = await self._run(backing.make_entry, parent.fd, name, make,
                                            self._own(pst, ctx), is_dir)
                 node, st = self._adopt_new(r, parent, name, made, pst)
-        finally:
-            self.locks.release(held)
         return self._attrs(node, st)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -335,8 +336,7 @@ class GatewayOperations(GuardedOperations):
                                                            pyfuse3.EntryAttributes]:
         parent = self.inodes.get(parent_inode)
         self._check_new(parent, name, False)
-        held = await self.locks.acquire([parent.lockkey])
-        try:
+        async with self.locks.hold(parent.lockkey):
             with await self.ledger.reserve(self._scope(parent), entry_growth(self.blksize),
                                            1) as r:
                 pst = os.fstat(parent.fd)
@@ -349,8 +349,6 @@ class GatewayOperations(GuardedOperations):
                 except BaseException:
                     os.close(fd)
                     raise
-        finally:
-            self.locks.release(held)
         self.files[fd] = OpenFile(node, ctx.uid, ctx.pid)
         return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags)), self._attrs(node, st)
 
@@ -361,8 +359,7 @@ class GatewayOperations(GuardedOperations):
         self._check_new(parent, new_name, False)
         if (node.scope, node.vf) != (parent.scope, parent.vf) or node.vf is None:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        held = await self.locks.acquire([parent.lockkey])
-        try:
+        async with self.locks.hold(parent.lockkey):
             with await self.ledger.reserve(self._scope(parent), entry_growth(self.blksize),
                                            0) as r:
                 pst = os.fstat(parent.fd)
@@ -370,8 +367,6 @@ class GatewayOperations(GuardedOperations):
                     after = await self.offload.run(backing.link, node.proc, parent.fd,
                                                    new_name)
                 self._dir_grown(r, parent, pst, after)
-        finally:
-            self.locks.release(held)
         st = os.stat(node.fd)
         node.lookups += 1
         return self._attrs(node, st)
@@ -469,18 +464,8 @@ class GatewayOperations(GuardedOperations):
         return pyfuse3.FileInfo(fh=fd, direct_io=_direct_io(flags), keep_cache=keep)
 
     async def _open_truncating(self, node: Node, flags: int) -> tuple[int, os.stat_result]:
-        held = await self.locks.acquire([node.lockkey])
-        try:
-            scope = self._scope(node)
-            with await self.ledger.reserve(scope, growth=False):
-                before = os.stat(node.fd)
-                with _Pin(node):
-                    fd, after = await self._run(backing.open_file, node.proc,
-                                                _backing_flags(flags))
-                self._recharge(scope, node, before, after)
-        finally:
-            self.locks.release(held)
-        return fd, after
+        fd = await self._shrink(node, backing.open_file, node.proc, _backing_flags(flags))
+        return fd, os.fstat(fd)
 
     def _open_file(self, path: str | bytes, flags: int) -> int:
         """os.open, giving back cached node descriptors once if the process runs out."""
@@ -522,8 +507,7 @@ class GatewayOperations(GuardedOperations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._file(fh)
         node = of.node
-        held = await self.locks.acquire([node.lockkey])
-        try:
+        async with self.locks.hold(node.lockkey):
             before = os.fstat(fh)
             if before.st_mode & (stat.S_ISUID | stat.S_ISGID) and kills_privs(of.uid, of.pid):
                 self._drop_privs(fh, before)
@@ -539,8 +523,6 @@ class GatewayOperations(GuardedOperations):
                         scope.refusals += 1
                     raise
                 self.late.recharge(scope, node, before, after, bound.extents)
-        finally:
-            self.locks.release(held)
         return written
 
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
@@ -549,8 +531,7 @@ class GatewayOperations(GuardedOperations):
         if mode not in FALLOCATE_MODES:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self._file(fh).node
-        held = await self.locks.acquire([node.lockkey])
-        try:
+        async with self.locks.hold(node.lockkey):
             before = os.fstat(fh)
             scope = self._scope(node)
             if mode & syscalls.FALLOC_FL_PUNCH_HOLE:
@@ -561,8 +542,6 @@ class GatewayOperations(GuardedOperations):
                 after = await self.offload.run(backing.fallocate, fh, mode, offset, length)
                 if scope is not None:
                     self.late.recharge(scope, node, before, after, bound.extents)
-        finally:
-            self.locks.release(held)
 
     @staticmethod
     def _drop_privs(fh: int, st: os.stat_result) -> None:
@@ -691,8 +670,7 @@ class GatewayOperations(GuardedOperations):
     async def _set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         """Set (or, for None, remove) a backing xattr, charging the block the backing
         filesystem added or freed for it."""
-        held = await self.locks.acquire([node.lockkey])
-        try:
+        async with self.locks.hold(node.lockkey):
             before = os.stat(node.fd)
             growth = xattr_growth(before, name, value) if value is not None else 0
             scope = self._scope(node)
@@ -700,8 +678,6 @@ class GatewayOperations(GuardedOperations):
                 with _Pin(node):
                     after = await self.offload.run(backing.set_xattr, node.proc, name, value)
                 self._recharge(scope, node, before, after)
-        finally:
-            self.locks.release(held)
 
     def _recharge(self, scope: ScopeUsage | None, node: Node, before: os.stat_result,
                   after: os.stat_result) -> None:
