@@ -307,6 +307,25 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(mode_gateway: Gatewa
     assert_threads_used(gateway)
 
 
+def run_in_threads(work: Callable[[int], None], n: int, deadline: float) -> None:
+    """work(0) ... work(n - 1), each in its own thread; their failures raised here."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as e:  # collected for the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline)
+    assert not any(t.is_alive() for t in threads), "threads did not finish"
+    assert not errors, errors
+
+
 def _mixed_writer(kind: int, d: Path, limit: int, barrier: threading.Barrier) -> int:
     """One of the writer kinds racing into a scope until EDQUOT: appends, sparse writes far
     apart, many small files, directories and long symlinks, fallocate, extending truncate and
@@ -370,21 +389,11 @@ def test_sixteen_mixed_writers_never_overshoot(mode_gateway: Gateway) -> None:
     vf = gateway.make_vfolder(qsid)
     barrier = threading.Barrier(writers)
     refused = [0] * writers
-    errors: list[BaseException] = []
 
     def run(i: int) -> None:
-        try:
-            refused[i] = _mixed_writer(i % 6, vf / f"w{i:02d}", limit, barrier)
-        except BaseException as e:  # collected for the main thread
-            errors.append(e)
+        refused[i] = _mixed_writer(i % 6, vf / f"w{i:02d}", limit, barrier)
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "writers did not finish"
-    assert not errors, errors
+    run_in_threads(run, writers, 120)
     assert refused == [1] * writers, refused
     assert gateway.describe(qsid)["used_bytes"] <= limit
     os.sync()
