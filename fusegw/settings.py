@@ -48,7 +48,7 @@ class MountSettings:
     backend_options: dict[str, Any] = field(default_factory=dict)
     read_ahead_kb: int = 4096  # the FUSE mount's readahead: 1 MiB requests, not 128 KiB
     io_threads: int = 16  # worker threads for syscalls that wait (fusegw.fs.offload)
-    # calls averaging below this run inline; 0: none; default 150, 0 on network filesystems
+    # calls averaging below this run inline; 0: none; default 500, 0 on network filesystems
     io_inline_max_us: float | None = None
     tcp_listen: str | None = None  # "HOST:PORT": the optional token-checked TCP listener
     auth_token: str | None = None

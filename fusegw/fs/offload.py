@@ -5,7 +5,8 @@ A handler whose syscall runs here gives the event loop back while the disk works
 requests of the mount are served meanwhile and the disk sees as many requests at once as
 there are workers. The hop has a price: ~50 µs of CPU alone and ~25 µs per call when many are
 in flight (the wake-ups of a worker and of the loop; `trio.to_thread.run_sync` costs ~70 µs),
-which is more than a read that the backing disk answers in 50 µs waits. So each kind of call
+which with the wake-ups and the GIL under load costs more than a read the backing disk
+answers in a fraction of a millisecond waits (FAST's measurements). So each kind of call
 (`fn`) keeps the moving average of how long it takes, and runs inline while that is below
 FAST: a call that short holds the other requests up for less than the hop would cost them.
 A call made while nothing else is being served (`alone`) also runs inline: there is no one
@@ -33,8 +34,12 @@ DEFAULT_THREADS = 16
 """Enough to keep a disk's queue busy behind 16 readers, few enough to stay cheap: threads
 wait on the disk, not on the two cores."""
 
-FAST = 150e-6
-"""Calls whose average duration is below this run inline (about three times the hop's cost)."""
+FAST = 500e-6
+"""Calls whose average duration is below this run inline. Measured with the bench's
+DataLoader-shaped reader (8 processes reading 128 KiB files, cold; a cold 128 KiB `pread`
+takes ~180 µs here, 120 µs of it waiting): every call inline 3,570-3,890 files/s, every call
+in a worker 1,970-2,610, reads in workers from 150 µs on 3,410. A spinning disk (a seek is
+milliseconds) or a network filesystem is well above it; fsync (~20 ms) always is."""
 
 WEIGHT = 0.1
 """The weight of the newest duration in the moving average."""
