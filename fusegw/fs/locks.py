@@ -45,7 +45,10 @@ class InodeLocks:
                     entry = self._entries[key] = _Entry()
                 entry.users += 1
                 try:
-                    await entry.lock.acquire()
+                    if entry.lock.locked():  # wait; a free lock is taken without a yield
+                        await entry.lock.acquire()
+                    else:
+                        entry.lock.acquire_nowait()
                 except BaseException:
                     self._drop(key, entry)
                     raise
