@@ -29,6 +29,7 @@ from fusegw.fs.guard import IN_FLIGHT
 from fusegw.fs.offload import FAST, Offload
 from fusegw.fs.operations import REQUESTS, GatewayOperations
 from fusegw.fs.pyfuse3_check import require_patched
+from fusegw.fs.session import Queue, fuse_fd
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import prepare_volume
 from fusegw.ledger import Ledger, ScopeUsage
@@ -174,8 +175,7 @@ class Gateway:
         inline_us = s.io_inline_max_us
         if inline_us is None:
             inline_us = 0.0 if self.backend.network else FAST * 1e6
-        offload = Offload(s.io_threads, inline_us / 1e6,
-                          alone=(lambda: IN_FLIGHT.n <= 1) if inline_us else None)
+        offload = Offload(s.io_threads, inline_us / 1e6)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout, offload)
         metrics = Metrics(self.ledger, s.volume, REQUESTS)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
@@ -192,6 +192,10 @@ class Gateway:
         options = {"fsname=fusegw:" + str(s.source), "subtype=fusegw", "allow_other",
                    "default_permissions", *s.fuse_options}
         pyfuse3.init(self.ops, str(s.mountpoint), options)
+        fd = fuse_fd()
+        if inline_us and fd is not None:  # a slow call runs inline only when no one waits
+            queue = Queue(fd)
+            offload.alone = lambda: IN_FLIGHT.n <= 1 and not queue.waiting()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fuse_main, nursery.cancel_scope)

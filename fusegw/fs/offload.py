@@ -9,8 +9,8 @@ which with the wake-ups and the GIL under load costs more than a read the backin
 answers in a fraction of a millisecond waits (FAST's measurements). So each kind of call
 (`fn`) keeps the moving average of how long it takes, and runs inline while that is below
 FAST: a call that short holds the other requests up for less than the hop would cost them.
-A call made while nothing else is being served (`alone`) also runs inline: there is no one
-for it to hold up. Everything slower goes to the workers, and keeps being measured there, so
+A call made while no other request waits (`alone`: none in the FUSE queue, none being
+answered; `fusegw.fs.session`) also runs inline: there is no one for it to hold up. Everything slower goes to the workers, and keeps being measured there, so
 a disk that becomes fast again is noticed.
 
 Calls are never cancelled once queued: a syscall cannot be taken back, and the kernel waits
@@ -52,7 +52,7 @@ class Offload:
                  alone: Callable[[], bool] | None = None) -> None:
         self.threads = threads
         self.fast = fast  # 0: every call in a worker (and `alone` None)
-        self._alone = alone
+        self.alone = alone  # None: never inline for want of company
         self.pace: dict[Callable[..., Any], float] = {}  # fn -> average seconds per call
         self.inline_calls = 0
         self.offloaded_calls = 0
@@ -92,8 +92,8 @@ class Offload:
 
     def inline_now(self, key: Callable[..., Any]) -> bool:
         """Whether a call of this kind runs inline now."""
-        return self.pace.get(key, 0.0) < self.fast or (self._alone is not None
-                                                        and self._alone())
+        return self.pace.get(key, 0.0) < self.fast or (self.alone is not None
+                                                        and self.alone())
 
     def inline(self, fn: Callable[..., T], *args: Any, key: Callable[..., Any] | None = None
                ) -> T:
