@@ -314,3 +314,20 @@ async def test_fallocate_in_process_is_admitted_like_a_write(tmp_path: Path) -> 
     assert unsupported.value.errno == errno.EOPNOTSUPP
     await ops.release(info.fh)
     ops.offload.close()
+
+
+def test_the_queue_signal_is_a_readable_descriptor() -> None:
+    """`alone` polls the session's descriptor: readable means a request waits. (A pipe
+    stands in for /dev/fuse, which only a mount opens; this process has none.)"""
+    from fusegw.fs.session import Queue, fuse_fd
+
+    assert fuse_fd() is None
+    r, w = os.pipe()
+    try:
+        queue = Queue(r)
+        assert not queue.waiting()
+        os.write(w, b"r")
+        assert queue.waiting()
+    finally:
+        os.close(r)
+        os.close(w)
