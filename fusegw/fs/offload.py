@@ -10,8 +10,9 @@ answers in a fraction of a millisecond waits (FAST's measurements). So each kind
 (`fn`) keeps the moving average of how long it takes, and runs inline while that is below
 FAST: a call that short holds the other requests up for less than the hop would cost them.
 A call made while no other request waits (`alone`: none in the FUSE queue, none being
-answered; `fusegw.fs.session`) also runs inline: there is no one for it to hold up. Everything slower goes to the workers, and keeps being measured there, so
-a disk that becomes fast again is noticed.
+answered; `fusegw.fs.session`) also runs inline: there is no one for it to hold up.
+Everything slower goes to the workers, and keeps being measured there, so a disk that becomes
+fast again is noticed.
 
 Calls are never cancelled once queued: a syscall cannot be taken back, and the kernel waits
 for every FUSE answer anyway.

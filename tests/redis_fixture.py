@@ -1,0 +1,63 @@
+"""A real redis-server (the Debian package) on a free port, for the shared-ledger tests:
+started per test module, no persistence, stopped in teardown whatever happened."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import free_port, wait_for
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: `make install` installs the Debian package"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, proc)
+
+    def answers() -> bool:
+        try:
+            return bool(server.client().ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, what="redis-server answering")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()

@@ -1,0 +1,107 @@
+"""The shared ledger's data model and scripts on a real redis-server (issue 13's first
+layer): grants against one limit from many nodes, idempotent commits, leases that give a
+vanished node's grant back, grants shrinking near the limit."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from conftest import wait_for
+from redis_fixture import RedisServer, redis_server
+
+from fusegw.ledger.shared import GrantPolicy, SharedScopes
+
+__all__ = ["redis_server"]
+
+MiB = 2**20
+
+
+def scopes(server: RedisServer, node: str, **policy: int) -> SharedScopes:
+    return SharedScopes(server.client(), node, GrantPolicy(**policy))
+
+
+def new_scope(s: SharedScopes, limit_bytes: int, limit_inodes: int = 0) -> str:
+    name = uuid.uuid4().hex
+    s.set_limits(name, limit_bytes, limit_inodes)
+    return name
+
+
+def test_a_grant_is_a_slice_of_the_room_and_shrinks_near_the_limit(
+        redis_server: RedisServer) -> None:
+    a = scopes(redis_server, "a", max_bytes=64 * MiB)
+    scope = new_scope(a, 100 * MiB)
+    first = a.acquire(scope, 4096, 0)
+    assert first.bytes == 50 * MiB  # half the room for the one node asking (at most 64 MiB)
+    a.commit(scope, 1, 99 * MiB, 0, first.bytes, 0)  # the scope fills up
+    near = a.acquire(scope, 4096, 0)
+    assert near.bytes == 1 * MiB  # the minimum: room 1 MiB, shared by one node
+    refused = a.acquire(scope, 1, 0)
+    assert (refused.bytes, refused.inodes) == (0, 0)  # nothing left: all or nothing
+    figures = a.describe(scope)
+    assert figures.used_bytes + figures.granted_bytes == 100 * MiB
+
+
+def test_many_nodes_never_hold_more_than_the_room(redis_server: RedisServer) -> None:
+    """16 nodes acquiring 64 KiB at a time from threads, each acquire atomic on the server:
+    committed + granted never passes the limit, and every byte granted was in the room."""
+    limit = 32 * MiB
+    nodes = [scopes(redis_server, f"n{i}", min_bytes=256 * 1024, max_bytes=4 * MiB)
+             for i in range(16)]
+    scope = new_scope(nodes[0], limit)
+    spent = [0] * 16
+
+    def node(i: int) -> None:
+        s, seq = nodes[i], 0
+        while True:
+            g = s.acquire(scope, 64 * 1024, 0)
+            if not g.bytes:
+                return
+            seq += 1
+            s.commit(scope, seq, g.bytes, 0, g.bytes, 0)  # spend all of it
+            spent[i] += g.bytes
+
+    threads = [threading.Thread(target=node, args=(i,), daemon=True) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    figures = nodes[0].describe(scope)
+    assert figures.used_bytes == sum(spent) <= limit
+    assert figures.granted_bytes == 0
+    assert limit - sum(spent) < 64 * 1024  # filled to within one request
+
+
+def test_a_repeated_commit_is_applied_once(redis_server: RedisServer) -> None:
+    a = scopes(redis_server, "a")
+    scope = new_scope(a, 0)
+    assert a.commit(scope, 1, 4096, 1, 0, 0)
+    assert not a.commit(scope, 1, 4096, 1, 0, 0)  # its answer was lost, sent again
+    assert a.commit(scope, 2, -4096, -1, 0, 0)
+    figures = a.describe(scope)
+    assert (figures.used_bytes, figures.used_inodes) == (0, 0)
+
+
+def test_a_vanished_nodes_grant_comes_back_when_its_lease_ends(
+        redis_server: RedisServer) -> None:
+    gone = scopes(redis_server, "gone", lease_ms=300, max_bytes=8 * MiB)
+    other = scopes(redis_server, "other", max_bytes=8 * MiB)
+    scope = new_scope(gone, 8 * MiB)
+    held = gone.acquire(scope, 8 * MiB, 0)
+    assert held.bytes == 8 * MiB
+    assert other.acquire(scope, 4096, 0).bytes == 0  # all of the room is out
+    wait_for(lambda: other.acquire(scope, 4096, 0).bytes > 0, 10,
+             "the lease of the vanished node to end")
+    assert other.describe(scope).nodes == 1
+
+
+def test_release_gives_room_back(redis_server: RedisServer) -> None:
+    a = scopes(redis_server, "a", max_bytes=4 * MiB)
+    b = scopes(redis_server, "b", max_bytes=4 * MiB)
+    scope = new_scope(a, 4 * MiB, 100)
+    held = a.acquire(scope, 4 * MiB, 10)
+    assert (held.bytes, held.inodes) == (4 * MiB, 64)  # inodes: the minimum grant
+    assert b.acquire(scope, 1, 0).bytes == 0
+    assert a.release(scope, held.held_bytes, held.held_inodes) == (0, 0)
+    assert b.acquire(scope, MiB, 1).bytes >= MiB
