@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev \
             libsystemd-dev systemd python3-venv patch
+# Only the tests need these: `make test` installs them (a node gets no Redis from `make install`).
+TEST_DEB_PKGS := redis-server
 STAMP_DEB := $(VENV)/.deb-stamp
+STAMP_TEST_DEB := $(VENV)/.test-deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 # pyfuse3 from its pinned sdist with fusegw's patches (third_party/pyfuse3/README.md says why).
 PYFUSE3 := third_party/pyfuse3
@@ -27,13 +30,15 @@ uninstall:  ## removes what install put outside the tree (not the packages, not 
 
 # The Makefile is a prerequisite: a package added to DEB_PKGS reaches machines with a .venv.
 $(STAMP_DEB): Makefile
-	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@scripts/apt-install.sh $(DEB_PKGS)
 	@mkdir -p $(VENV) && touch $@
+
+# The package starts a Redis of its own where systemd runs: switched off, the tests start theirs.
+$(STAMP_TEST_DEB): Makefile | $(STAMP_DEB)
+	@dpkg -s $(TEST_DEB_PKGS) >/dev/null 2>&1 || { scripts/apt-install.sh $(TEST_DEB_PKGS) && \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now redis-server.service \
+	    >/dev/null 2>&1 || true; fi; }
+	@touch $@
 
 # Rebuilt when the series, a patch or the script changes; before `pip install -e`, whose
 # `pyfuse3>=3.5,<3.6` the installed 3.5.0+fusegw.N satisfies (so pip keeps it).
@@ -52,7 +57,7 @@ $(STAMP_PY): pyproject.toml | $(STAMP_DEB) $(STAMP_PYFUSE3)
 run: install  ## serve a demo gateway on ./var until Ctrl-C
 	$(BIN)/python scripts/demo.py
 
-test: install  ## the whole suite
+test: install $(STAMP_TEST_DEB)  ## the whole suite
 	$(BIN)/python -m pytest -q tests
 
 lint: install
