@@ -55,6 +55,39 @@ def start_redis(workdir: Path) -> RedisServer:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
+    stop(server)
+
+
+def start_sentinel(workdir: Path, master: RedisServer, service: str) -> RedisServer:
+    """A Redis Sentinel (the same binary, `--sentinel`) watching `master` as `service`."""
+    binary = shutil.which("redis-server")
+    assert binary
+    port = free_port()
+    conf = workdir / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one of its own
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+                    f"sentinel down-after-milliseconds {service} 5000\n")
+    proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    sentinel = RedisServer(port, proc)
+
+    def knows_master() -> bool:
+        try:
+            return bool(sentinel.client().execute_command(
+                "SENTINEL", "get-master-addr-by-name", service))
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(knows_master, what="redis-sentinel naming the master")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return sentinel
+
+
+def stop(server: RedisServer) -> None:
     server.proc.terminate()
     try:
         server.proc.wait(10)

@@ -4,12 +4,16 @@ vanished node's grant back, grants shrinking near the limit."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
+from pathlib import Path
 
-from conftest import wait_for
-from redis_fixture import RedisServer, redis_server
+import pytest
+from conftest import free_port, wait_for
+from redis_fixture import RedisServer, redis_server, start_sentinel, stop
 
+from fusegw.ledger.redis_url import RedisURLError, connect
 from fusegw.ledger.shared import GrantPolicy, SharedScopes
 
 __all__ = ["redis_server"]
@@ -105,3 +109,39 @@ def test_release_gives_room_back(redis_server: RedisServer) -> None:
     assert b.acquire(scope, 1, 0).bytes == 0
     assert a.release(scope, held.held_bytes, held.held_inodes) == (0, 0)
     assert b.acquire(scope, MiB, 1).bytes >= MiB
+
+
+# -- connecting: one server, or the master Sentinel names ------------------------------------
+
+
+def test_a_redis_url_connects(redis_server: RedisServer) -> None:
+    client = connect(redis_server.url)
+    assert client.ping()
+
+
+def test_a_sentinel_url_finds_the_master(redis_server: RedisServer,
+                                         tmp_path: Path) -> None:
+    """redis+sentinel://HOST:PORT/SERVICE/DB: the grant scripts run on the master that a
+    real Sentinel names (a second, unreachable Sentinel in the list is skipped)."""
+    sentinel = start_sentinel(tmp_path, redis_server, "fusegw-test")
+    try:
+        dead = free_port()
+        url = f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{sentinel.port}/fusegw-test/0"
+        shared = SharedScopes(connect(url), "s")
+        scope = new_scope(shared, 8 * MiB)
+        assert shared.acquire(scope, 4096, 0).bytes > 0
+        assert redis_server.client().exists(f"fusegw:{{{scope}}}:grants")  # on the master
+    finally:
+        stop(sentinel)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:6379", "the scheme must be"),
+    ("redis+sentinel://127.0.0.1:26379", "expected redis+sentinel://"),
+    ("redis+sentinel://127.0.0.1/svc", "is not HOST:PORT"),
+    ("redis+sentinel://127.0.0.1:26379/svc/zero", "is not a number"),
+    ("redis+sentinel://127.0.0.1:99999/svc", "is not HOST:PORT"),
+])
+def test_a_bad_redis_url_is_refused_naming_what_is_wrong(url: str, says: str) -> None:
+    with pytest.raises(RedisURLError, match=re.escape(says)):
+        connect(url)
