@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,22 +31,28 @@ def start_redis(workdir: Path) -> RedisServer:
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: `make install` installs the Debian package"
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _started([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(workdir)], port,
+                    lambda c: bool(c.ping()), "redis-server answering")
+
+
+def _started(argv: list[str], port: int, ready: Callable[[redis.Redis], bool],
+             what: str) -> RedisServer:
+    """Start argv and wait until `ready` holds for a client of `port`; killed if it never
+    does."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, proc)
 
     def answers() -> bool:
         try:
-            return bool(server.client().ping())
+            return ready(server.client())
         except redis.ConnectionError:
             return False
 
     try:
-        wait_for(answers, what="redis-server answering")
+        wait_for(answers, what=what)
     except BaseException:
-        proc.kill()
-        proc.wait()
+        stop(server)
         raise
     return server
 
@@ -67,24 +73,10 @@ def start_sentinel(workdir: Path, master: RedisServer, service: str) -> RedisSer
     conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
                     f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
                     f"sentinel down-after-milliseconds {service} 5000\n")
-    proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    sentinel = RedisServer(port, proc)
-
-    def knows_master() -> bool:
-        try:
-            return bool(sentinel.client().execute_command(
-                "SENTINEL", "get-master-addr-by-name", service))
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_for(knows_master, what="redis-sentinel naming the master")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return sentinel
+    return _started([binary, str(conf), "--sentinel"], port,
+                    lambda c: bool(c.execute_command("SENTINEL", "get-master-addr-by-name",
+                                                     service)),
+                    "redis-sentinel naming the master")
 
 
 def stop(server: RedisServer) -> None:

@@ -226,6 +226,25 @@ def test_write_past_limit_fails_edquot_and_leaves_file_unchanged(gateway: Gatewa
 # -- 2. concurrent writers never overshoot --------------------------------------------------
 
 
+def run_in_threads(work: Callable[[int], None], n: int, deadline: float) -> None:
+    """work(0) ... work(n - 1), each in its own thread; their failures raised here."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as e:  # collected for the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline)
+    assert not any(t.is_alive() for t in threads), "threads did not finish"
+    assert not errors, errors
+
+
 THREADED = ["-o", "io_inline_max_us=0,io_threads=8"]
 """Every syscall that may wait in a worker thread, whatever the disk's speed: the path a slow
 disk takes."""
@@ -263,36 +282,26 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(mode_gateway: Gatewa
     overhead = gateway.describe(qsid)["used_bytes"]  # directories only
     barrier = threading.Barrier(writers)
     written = [0] * writers
-    errors: list[BaseException] = []
     payload = b"c" * CHUNK
 
     def writer(i: int) -> None:
+        fd = os.open(paths[i], os.O_WRONLY | os.O_APPEND)
         try:
-            fd = os.open(paths[i], os.O_WRONLY | os.O_APPEND)
-            try:
-                barrier.wait(10)
-                for _ in range(limit // CHUNK + 1):
-                    try:
-                        n = os.write(fd, payload)
-                    except OSError as e:
-                        if e.errno == errno.EDQUOT:
-                            return
-                        raise
-                    assert n == CHUNK, f"short write {n}"
-                    written[i] += n
-                raise AssertionError("writer never hit EDQUOT")
-            finally:
-                os.close(fd)
-        except BaseException as e:  # collected for the main thread
-            errors.append(e)
+            barrier.wait(10)
+            for _ in range(limit // CHUNK + 1):
+                try:
+                    n = os.write(fd, payload)
+                except OSError as e:
+                    if e.errno == errno.EDQUOT:
+                        return
+                    raise
+                assert n == CHUNK, f"short write {n}"
+                written[i] += n
+            raise AssertionError("writer never hit EDQUOT")
+        finally:
+            os.close(fd)
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads), "writers did not finish"
-    assert not errors, errors
+    run_in_threads(writer, writers, 60)
 
     for i, p in enumerate(paths):
         size = backing(gateway, p).stat().st_size
@@ -305,25 +314,6 @@ def test_concurrent_writers_stop_at_limit_with_whole_writes(mode_gateway: Gatewa
     assert total >= limit - writers * CHUNK - overhead, (total, limit, overhead)
     assert_exact(gateway, qsid, [vf])
     assert_threads_used(gateway)
-
-
-def run_in_threads(work: Callable[[int], None], n: int, deadline: float) -> None:
-    """work(0) ... work(n - 1), each in its own thread; their failures raised here."""
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            work(i)
-        except BaseException as e:  # collected for the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(deadline)
-    assert not any(t.is_alive() for t in threads), "threads did not finish"
-    assert not errors, errors
 
 
 def _mixed_writer(kind: int, d: Path, limit: int, barrier: threading.Barrier) -> int:
