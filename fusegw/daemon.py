@@ -177,7 +177,7 @@ class Gateway:
             inline_us = 0.0 if self.backend.network else FAST * 1e6
         offload = Offload(s.io_threads, inline_us / 1e6)
         self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout, offload)
-        metrics = Metrics(self.ledger, s.volume, REQUESTS)
+        metrics = Metrics(self.ledger, s.volume, REQUESTS, offload)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,

@@ -666,3 +666,8 @@ def test_metrics_count_fuse_requests_by_operation(gw: Gateway) -> None:
         grown = (metric(after, "fusegw_fuse_requests_total", op=op, **labels) or 0) - \
             (metric(before, "fusegw_fuse_requests_total", op=op, **labels) or 0)
         assert grown >= 1, (op, after)
+    # the create's syscalls ran somewhere, counted where (inline on this disk, as a rule)
+    ran = sum((metric(after, "fusegw_syscalls_total", where=w, **labels) or 0) -
+              (metric(before, "fusegw_syscalls_total", where=w, **labels) or 0)
+              for w in ("inline", "thread"))
+    assert ran >= 1, after

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fusegw.fs.offload import Offload
 from fusegw.ledger import Ledger
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -68,9 +69,27 @@ class _FuseCollector(Collector):
         yield family
 
 
+class _SyscallCollector(Collector):
+    """Where the handlers' syscalls ran (fusegw/fs/offload.py): a slow disk shows as a rising
+    share in worker threads."""
+
+    def __init__(self, offload: Offload, volume: str) -> None:
+        self.offload = offload
+        self.volume = volume
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("fusegw_syscalls",
+                                     "Syscalls of FUSE handlers, inline or in a worker thread",
+                                     labels=["volume", "where"])
+        family.add_metric([self.volume, "inline"], self.offload.inline_calls)
+        family.add_metric([self.volume, "thread"], self.offload.offloaded_calls)
+        yield family
+
+
 class Metrics:
     def __init__(self, ledger: Ledger, volume: str,
-                 fuse_requests: Mapping[str, int] | None = None) -> None:
+                 fuse_requests: Mapping[str, int] | None = None,
+                 offload: Offload | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("fusegw_requests", "Control socket requests answered",
                                 ["route", "method", "status"], registry=self.registry)
@@ -79,6 +98,8 @@ class Metrics:
         self.registry.register(_ScopeCollector(ledger, volume))
         if fuse_requests is not None:
             self.registry.register(_FuseCollector(fuse_requests, volume))
+        if offload is not None:
+            self.registry.register(_SyscallCollector(offload, volume))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
