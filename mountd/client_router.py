@@ -34,7 +34,7 @@ from fusegw.client.http import (
     respond,
 )
 from fusegw.client.tokens import Tokens
-from fusegw.control.app import ClientGone, _lifespan
+from fusegw.control.app import ClientGone, answered_unless_http
 from fusegw.errors import GatewayError, NotFound, VolumeNotFound
 from mountd.router import Answer, GatewayTimeout, VolumeUnavailable
 
@@ -89,10 +89,7 @@ class ClientRouter:
         self._clients.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await answered_unless_http(scope, receive, send):
             return
         try:
             volume = self._volume_for(scope)

@@ -30,7 +30,7 @@ from fusegw.client.http import (
 from fusegw.client.sessions import Invalidate, Release, Uploads
 from fusegw.client.tokens import Tokens
 from fusegw.client.upload import TusUploads
-from fusegw.control.app import ClientGone, _check_protocol, _lifespan
+from fusegw.control.app import ClientGone, _check_protocol, answered_unless_http
 from fusegw.errors import Forbidden, GatewayError, MethodNotAllowed, NotFound
 from fusegw.ledger import Ledger
 from fusegw.settings import MountSettings
@@ -46,10 +46,7 @@ class ClientApp:
         self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await answered_unless_http(scope, receive, send):
             return
         started = False
 

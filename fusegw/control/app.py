@@ -317,6 +317,15 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.http.response.body", "body": data})
 
 
+async def answered_unless_http(scope: Scope, receive: Receive, send: Send) -> bool:
+    """For the client apps: answer a lifespan scope, ignore anything else that is not HTTP;
+    True when the scope is dealt with."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return True
+    return bool(scope["type"] != "http")
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
