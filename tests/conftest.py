@@ -85,11 +85,13 @@ class Gateway:
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     pid: int | None = None
+    # argv put before `python -m fusegw`, e.g. a NetNode's `nsenter --net=...` (tests/netns.py)
+    prefix: list[str] = field(default_factory=list)
 
     def start(self, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "fusegw", "mount", str(self.source), str(self.mountpoint),
-                "--control-socket", str(self.socket), "--log-file", str(self.log),
-                "--volume", self.volume, *self.extra]
+        argv = [*self.prefix, sys.executable, "-m", "fusegw", "mount", str(self.source),
+                str(self.mountpoint), "--control-socket", str(self.socket),
+                "--log-file", str(self.log), "--volume", self.volume, *self.extra]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                               env={**os.environ, **self.env})
         if check:

@@ -26,12 +26,23 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
 
+    def url_at(self, host: str) -> str:
+        """The URL by another address the server binds (`start_redis(extra_bind=...)`): a
+        process in a network namespace (tests/netns.py) has a 127.0.0.1 of its own."""
+        return f"redis://{host}:{self.port}/0"
 
-def start_redis(workdir: Path) -> RedisServer:
+
+def start_redis(workdir: Path, extra_bind: str | None = None) -> RedisServer:
+    """A redis-server on 127.0.0.1 and, given `extra_bind`, that address too (a NetLab's
+    bridge address, tests/netns.py). Protected mode is off then: without a password it would
+    refuse every client not on loopback, which is all a namespace's clients are."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: `make install` installs the Debian package"
     port = free_port()
-    return _started([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    bind = ["--bind", "127.0.0.1"]
+    if extra_bind is not None:
+        bind += [extra_bind, "--protected-mode", "no"]
+    return _started([binary, "--port", str(port), *bind, "--save", "",
                      "--appendonly", "no", "--dir", str(workdir)], port,
                     lambda c: bool(c.ping()), "redis-server answering")
 
@@ -74,8 +85,8 @@ def start_sentinel(workdir: Path, master: RedisServer, service: str) -> RedisSer
                     f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
                     f"sentinel down-after-milliseconds {service} 5000\n")
     return _started([binary, str(conf), "--sentinel"], port,
-                    lambda c: bool(c.execute_command("SENTINEL", "get-master-addr-by-name",
-                                                     service)),
+                    lambda c: bool(c.execute_command(  # type: ignore[no-untyped-call]
+                        "SENTINEL", "get-master-addr-by-name", service)),
                     "redis-sentinel naming the master")
 
 
