@@ -145,3 +145,15 @@ def test_a_sentinel_url_finds_the_master(redis_server: RedisServer,
 def test_a_bad_redis_url_is_refused_naming_what_is_wrong(url: str, says: str) -> None:
     with pytest.raises(RedisURLError, match=re.escape(says)):
         connect(url)
+
+
+def test_a_sentinel_list_may_be_separated_with_semicolons(redis_server: RedisServer,
+                                                          tmp_path: Path) -> None:
+    """`-o` (and so fstab) splits on commas: redis+sentinel://H1:P1;H2:P2/SERVICE names the
+    same Sentinels, and finds the same master through a real Sentinel."""
+    sentinel = start_sentinel(tmp_path, redis_server, "fusegw-semi")
+    try:
+        url = f"redis+sentinel://127.0.0.1:{free_port()};127.0.0.1:{sentinel.port}/fusegw-semi"
+        assert connect(url).ping()
+    finally:
+        stop(sentinel)
