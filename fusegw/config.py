@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -47,7 +48,14 @@ from pydantic_core import ErrorDetails
 
 from backends.base import QuotaBackend
 from backends.registry import BACKENDS
-from fusegw.settings import StartupError, group_id
+from fusegw.settings import (
+    DEFAULT_GRANT_LEASE,
+    DEFAULT_GRANT_MIN_BYTES,
+    DEFAULT_GRANT_MIN_INODES,
+    DEFAULT_REDIS_WAIT,
+    StartupError,
+    group_id,
+)
 
 DEFAULT_CONFIG = Path("/etc/fusegw/fusegw.toml")
 DEFAULT_MOUNT_ROOT = Path("/mnt/fusegw")
@@ -96,6 +104,48 @@ VolumeDir = Annotated[FilePath, AfterValidator(_existing_dir)]
 RelativePath = Annotated[Path, Field(strict=False), AfterValidator(_inside_volume)]
 
 
+# -- sizes and durations written as text --------------------------------------------------------
+
+
+_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50, "e": 2**60}
+
+
+def duration_seconds(value: Any) -> float:
+    """The storage proxy's `session-expire` (its `TimeDuration`): a number of seconds, or
+    `"30s"`, `"15m"`, `"12h"`, `"1d"`, `"2w"`; its `yr`/`mo` forms are refused by name
+    (a token outliving weeks is a mistake here, not a calendar question)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a number of seconds or a text like '1d', '12h', '30m'")
+    text = str(value).strip()
+    unit = text[-1:].lower()
+    try:
+        seconds = float(text[:-1]) * _DURATION_UNITS[unit] if unit in _DURATION_UNITS \
+            else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is no duration: use seconds or a text like '1d', "
+                         "'12h', '30m', '10s', '2w'") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{value!r} must be a positive duration")
+    return seconds
+
+
+def binary_size(value: Any) -> int:
+    """The storage proxy's `max-upload-size` (its `BinarySize`): bytes, or `"100g"`, `"512m"`;
+    the gateway's `grant_min_bytes` is written the same way (`"64k"`, `"1m"`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a number of bytes or a text like '100g'")
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+    factor = _SIZE_UNITS.get(text[-1:], 1)
+    try:
+        size = int(float(text[:-1] if factor > 1 else text) * factor)
+    except ValueError:
+        raise ValueError(f"{value!r} is no size: use bytes or a text like '100g'") from None
+    if size <= 0:
+        raise ValueError(f"{value!r} must be a positive size")
+    return size
+
+
 # -- the tables ---------------------------------------------------------------------------------
 
 
@@ -142,9 +192,24 @@ class VolumeConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9._:/@-]{1,200}")
+
+
+def _node_id(value: str | None) -> str | None:
+    """A node's name is a field of the shared ledger's Redis hashes and of its log lines:
+    printable, no separators that would need quoting."""
+    if value is not None and not _NODE_ID.fullmatch(value):
+        raise ValueError(f"{value!r} must be 1 to 200 characters of A-Z, a-z, 0-9 and . _ : / "
+                         "@ -")
+    return value
+
+
 class GatewayOptions(_Strict):
     """The gateway's own keys of `[volume.NAME.options]`; every other key is the backend's
-    (`QuotaBackend.option_keys`)."""
+    (`QuotaBackend.option_keys`). The ledger's keys (`ledger` to `redis_wait`) share a
+    volume's limits with other nodes' gateways through Redis (issue 13); whether they agree
+    with each other (redis_url with ledger = "redis" only) and whether Redis answers is
+    `fusegw mount`'s preflight to say, once -o and the file are merged."""
 
     xattr_limits: bool = False
     cache_timeout: Annotated[float, Field(gt=0)] | None = None
@@ -155,6 +220,14 @@ class GatewayOptions(_Strict):
     allow_exposed_source: bool = False
     allow_nonempty_mountpoint: bool = False
     adopt_nonempty: bool = False
+    ledger: Literal["local", "redis"] = "local"
+    redis_url: str | None = None
+    node_id: Annotated[str | None, AfterValidator(_node_id)] = None
+    grant_min_bytes: Annotated[int, BeforeValidator(binary_size), Field(ge=4096)] = (
+        DEFAULT_GRANT_MIN_BYTES)
+    grant_min_inodes: Annotated[int, Field(ge=1)] = DEFAULT_GRANT_MIN_INODES
+    grant_lease: Annotated[float, Field(ge=1)] = DEFAULT_GRANT_LEASE
+    redis_wait: Annotated[float, Field(ge=0)] = DEFAULT_REDIS_WAIT
 
 
 GATEWAY_OPTION_KEYS = frozenset(GatewayOptions.model_fields)
@@ -233,44 +306,6 @@ class APIConfig(_Strict):
 
     client: ClientAPIConfig | None = None
     manager: ManagerAPIConfig | None = None
-
-
-_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50, "e": 2**60}
-
-
-def duration_seconds(value: Any) -> float:
-    """The storage proxy's `session-expire` (its `TimeDuration`): a number of seconds, or
-    `"30s"`, `"15m"`, `"12h"`, `"1d"`, `"2w"`; its `yr`/`mo` forms are refused by name
-    (a token outliving weeks is a mistake here, not a calendar question)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a number of seconds or a text like '1d', '12h', '30m'")
-    text = str(value).strip()
-    unit = text[-1:].lower()
-    try:
-        seconds = float(text[:-1]) * _DURATION_UNITS[unit] if unit in _DURATION_UNITS \
-            else float(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is no duration: use seconds or a text like '1d', "
-                         "'12h', '30m', '10s', '2w'") from None
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"{value!r} must be a positive duration")
-    return seconds
-
-
-def binary_size(value: Any) -> int:
-    """The storage proxy's `max-upload-size` (its `BinarySize`): bytes, or `"100g"`, `"512m"`."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("must be a number of bytes or a text like '100g'")
-    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
-    factor = _SIZE_UNITS.get(text[-1:], 1)
-    try:
-        size = int(float(text[:-1] if factor > 1 else text) * factor)
-    except ValueError:
-        raise ValueError(f"{value!r} is no size: use bytes or a text like '100g'") from None
-    if size <= 0:
-        raise ValueError(f"{value!r} must be a positive size")
-    return size
 
 
 class StorageProxySection(_Foreign):
@@ -451,7 +486,7 @@ class ConfigError(Exception):
         return f"{self.path}: {'; '.join(self.problems)}"
 
 
-_SECRET_WORDS = ("secret", "token", "password")
+_SECRET_WORDS = ("secret", "token", "password", "redis_url")
 _MESSAGES = {"bool_type": "must be true or false", "bool_parsing": "must be true or false",
              "path_type": "must be a path (text)", "string_type": "must be text",
              "dict_type": "must be a table"}

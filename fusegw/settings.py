@@ -15,9 +15,13 @@ import re
 import stat
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported when a shared ledger is checked: every command imports this
+    import redis
 
 DEFAULT_SOCKET_DIR = Path("/run/fusegw")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -26,6 +30,16 @@ STATFS_TIMEOUT = 2.0
 NEW_VOLUME_LITTER = frozenset({"lost+found"})
 """Entries a directory may hold and still be a new, empty volume: mkfs's, on a filesystem's
 root."""
+
+LEDGERS = ("local", "redis")
+"""Where a gateway keeps its usage: its own volume only, or shared through Redis with the
+gateways of other nodes that serve the same storage (issue 13)."""
+DEFAULT_GRANT_MIN_BYTES = 2**20
+DEFAULT_GRANT_MIN_INODES = 64
+DEFAULT_GRANT_LEASE = 10.0
+DEFAULT_REDIS_WAIT = 5.0
+REDIS_RETRY_INTERVAL = 0.2
+"""Seconds between PINGs while a start waits (redis_wait) for the shared ledger's Redis."""
 
 log = logging.getLogger("fusegw")
 
@@ -62,6 +76,15 @@ class MountSettings:
     client_secret: str | None = None  # signs its JWTs: the storage proxy's secret
     session_expire: float = 86400.0  # seconds a token (and an idle upload) lives
     max_upload_size: int = 100 * 2**30  # Tus-Max-Size: the largest upload one token may ask
+    ledger: str = "local"  # one of LEDGERS; "redis": limits shared by several nodes' gateways
+    redis_url: str | None = None  # the shared ledger's Redis (fusegw.ledger.redis_url forms)
+    node_id: str | None = None  # this gateway in the shared ledger; default: host + mountpoint
+    grant_min_bytes: int = DEFAULT_GRANT_MIN_BYTES  # the smallest grant a node takes at once
+    grant_min_inodes: int = DEFAULT_GRANT_MIN_INODES
+    grant_lease: float = DEFAULT_GRANT_LEASE  # seconds a vanished node's grant stays held
+    # seconds growth past a node's grant waits for an unreachable Redis before EAGAIN (also
+    # how long a start waits for it to answer)
+    redis_wait: float = DEFAULT_REDIS_WAIT
 
     def __post_init__(self) -> None:
         # Absolute from the start: the background daemon runs in /, not in the caller's cwd.
@@ -201,6 +224,7 @@ def preflight(s: MountSettings) -> None:
                            "service-addr) "
                            "needs the storage proxy's secret: FUSEGW_CLIENT_SECRET or "
                            "[storage-proxy] secret in the config")
+    _check_ledger_options(s)
     if s.mountpoint == s.source or s.source in s.mountpoint.parents:
         raise StartupError(f"mount point {s.mountpoint} lies inside source {s.source}")
     exposure = source_exposure(s.source)
@@ -214,7 +238,94 @@ def preflight(s: MountSettings) -> None:
         raise StartupError(f"/dev/fuse cannot be opened: {e.strerror}") from None
     if not s.adopt_nonempty:
         _check_new_volume(s.source)
+    if s.ledger == "redis":
+        _check_redis_answers(s)
     _check_mountpoint(s)
+
+
+def _check_ledger_options(s: MountSettings) -> None:
+    """The ledger's keys agree with each other, and the URL names a Redis: a shared ledger
+    without one would fail at the first write, and a URL with the local ledger is unread."""
+    if s.ledger not in LEDGERS:
+        raise StartupError(f"unknown ledger {s.ledger!r}: use -o ledger=local (the default) "
+                           "or -o ledger=redis")
+    if s.ledger == "local":
+        if s.redis_url:
+            raise StartupError("redis_url is only read with ledger=redis: add -o ledger=redis "
+                               "(or ledger = \"redis\" in the volume's options), or drop "
+                               "redis_url")
+        return
+    if not s.redis_url:
+        raise StartupError("-o ledger=redis needs redis_url=redis://HOST:PORT/DB (or "
+                           "redis+sentinel://HOST:PORT;HOST:PORT/SERVICE)")
+    # imported here: redis-py and the ledger cost every command that never shares one
+    from fusegw.ledger.redis_url import RedisURLError, connect
+
+    try:
+        connect(s.redis_url)
+    except RedisURLError as e:
+        raise StartupError(f"shared ledger: {e}") from None
+
+
+def _check_redis_answers(s: MountSettings) -> None:
+    """The shared ledger's Redis answers PING, waiting up to redis_wait seconds for it (at
+    least one try): a node booting beside its Redis need not fail. A Redis that answers
+    with an error (a wrong password or database) is refused at once: waiting cannot fix it."""
+    import redis
+
+    from fusegw.ledger.redis_url import SOCKET_TIMEOUT, connect, redacted
+
+    assert s.redis_url is not None  # _check_ledger_options
+    where = redacted(s.redis_url)
+    client = connect(s.redis_url)
+    deadline = time.monotonic() + s.redis_wait
+    try:
+        while True:
+            error = _ping(client, max(deadline - time.monotonic(), SOCKET_TIMEOUT))
+            if error is None:
+                return
+            outage = isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
+            if isinstance(error, redis.AuthenticationError) or not outage:
+                raise StartupError(f"shared ledger: Redis at {where} refuses the gateway "
+                                   f"({_reason(error)}): fix redis_url (its password or "
+                                   "database)")
+            if time.monotonic() + REDIS_RETRY_INTERVAL > deadline:
+                raise StartupError(f"shared ledger: Redis at {where} does not answer "
+                                   f"({_reason(error)}): start it, or fix redis_url")
+            time.sleep(REDIS_RETRY_INTERVAL)
+    finally:
+        client.close()
+
+
+def _ping(client: redis.Redis, timeout: float) -> BaseException | None:
+    """One PING given at most `timeout` seconds, in a thread: redis-py's own retries (a
+    Sentinel's backoff takes seconds per Sentinel) would outlast redis_wait. None: it
+    answered."""
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            client.ping()
+        except Exception as e:  # every failure is a reason for the one-line refusal
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=probe, name="redis-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else TimeoutError(f"no answer within {timeout:g} s")
+
+
+def _reason(error: BaseException) -> str:
+    """An error's own words on one line. redis-py's MasterNotFoundError appends the repr of
+    every Sentinel client it tried (a screenful): its first clause is the reason."""
+    from redis.sentinel import MasterNotFoundError
+
+    text = " ".join(str(error).split())
+    if isinstance(error, MasterNotFoundError):
+        text = text.split(" : ", 1)[0]
+    return text.rstrip(".") or type(error).__name__
 
 
 def _check_source(s: MountSettings) -> None:

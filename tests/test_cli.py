@@ -11,7 +11,9 @@ socket (DESIGN.md section 5, README "Control socket"):
 - the exit codes tell the outcomes apart: 0 success, 2 usage error, 3 not found, 4 refused
   (also for a caller without rights), 5 gateway unreachable;
 - `--help` works everywhere; `quota check` finds changes made beside the gateway and
-  `--repair` corrects them; a wrong `--volume` is "not found".
+  `--repair` corrects them; a wrong `--volume` is "not found";
+- `fusegw mount -o` (and so an fstab line) reads the shared ledger's options (issue 13), over
+  the volume's table in the configuration file.
 
 The socket comes from FUSEGW_SOCKET or `--socket`. Independent invocations run concurrently
 to keep the module fast; one gateway serves the module, each test uses fresh IDs.
@@ -39,6 +41,10 @@ from conftest import (
     start_gateway,
     vfolder_rel,
 )
+
+from fusegw.cli import build_parser
+from fusegw.cli.mount import settings_from_args
+from fusegw.settings import MountSettings, StartupError
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE = range(6)
@@ -510,3 +516,62 @@ def test_unreachable_gateway_exits_5(gw: Gateway, public_dir: Path) -> None:
     for proc, sock in zip(results, [NO_SOCKET, NO_SOCKET, gone.socket, gone.socket],
                           strict=True):
         assert str(sock) in exits(proc, EXIT_UNREACHABLE)
+
+
+# -- fusegw mount -o: the shared ledger's options ---------------------------------------------
+
+
+def mount_settings(*argv: str) -> MountSettings:
+    """The settings `fusegw mount ARGV...` would start with (parsed, not checked)."""
+    settings, _own = settings_from_args(build_parser().parse_args(["mount", *argv]))
+    return settings
+
+
+def test_mount_options_set_the_shared_ledger(tmp_path: Path) -> None:
+    """An fstab line's options (mount.fuse3 hands them over as one -o, fstab's own among them)
+    set every ledger key; a Sentinel list is written with `;` there, since -o splits on
+    commas. Without them, the local ledger and the defaults."""
+    src, mnt = str(tmp_path / "vol"), str(tmp_path / "mnt")
+    s = mount_settings(src, mnt, "-o", "rw,nosuid,nodev,_netdev,x-systemd.automount,"
+                       "ledger=redis,redis_url=redis+sentinel://:pw@s1:26379;s2:26379/fusegw,"
+                       "node_id=gpu-07:/mnt/vol,grant_min_bytes=64k,grant_min_inodes=16,"
+                       "grant_lease=30,redis_wait=0.5")
+    assert (s.ledger, s.redis_url, s.node_id) == (
+        "redis", "redis+sentinel://:pw@s1:26379;s2:26379/fusegw", "gpu-07:/mnt/vol")
+    assert (s.grant_min_bytes, s.grant_min_inodes, s.grant_lease, s.redis_wait) == (
+        64 * KiB, 16, 30.0, 0.5)
+    plain = mount_settings(src, mnt)
+    assert (plain.ledger, plain.redis_url, plain.node_id) == ("local", None, None)
+    assert (plain.grant_min_bytes, plain.grant_min_inodes, plain.grant_lease,
+            plain.redis_wait) == (MiB, 64, 10.0, 5.0)
+
+
+def test_mount_options_win_over_the_volume_table(tmp_path: Path) -> None:
+    """-o wins key by key over `[volume.NAME.options]`; what -o leaves out comes from the
+    table. These keys are the gateway's, never handed to the backend."""
+    (tmp_path / "vol").mkdir()
+    config = tmp_path / "node.toml"
+    config.write_text('[volume.vol]\npath = "vol"\nmountpoint = "mnt"\n'
+                      '[volume.vol.options]\nledger = "redis"\n'
+                      'redis_url = "redis://10.0.0.5:6379/3"\ngrant_min_bytes = "2m"\n'
+                      'grant_lease = 20\n')
+    s = mount_settings("--config", str(config), "--volume", "vol",
+                       "-o", "grant_min_bytes=128k,redis_wait=1")
+    assert (s.ledger, s.redis_url) == ("redis", "redis://10.0.0.5:6379/3")
+    assert (s.grant_min_bytes, s.grant_lease, s.redis_wait) == (128 * KiB, 20.0, 1.0)
+    assert s.backend_options == {}
+
+
+def test_mount_option_mistakes_name_the_option(tmp_path: Path) -> None:
+    """A bad value names its -o key; a Sentinel list written with a comma arrives as an
+    unknown option, and the refusal says to write `;`."""
+    src, mnt = str(tmp_path / "vol"), str(tmp_path / "mnt")
+    with pytest.raises(StartupError) as caught:
+        mount_settings(src, mnt, "-o", "grant_min_bytes=512,grant_min_inodes=0,node_id=a b")
+    assert [p.split(":")[0] for p in str(caught.value).split("; ")] == [
+        "-o node_id", "-o grant_min_bytes", "-o grant_min_inodes"]
+    with pytest.raises(StartupError) as caught:
+        mount_settings(src, mnt, "-o",
+                       "ledger=redis,redis_url=redis+sentinel://s1:26379,s2:26379/fusegw")
+    assert "unknown mount option s2:26379/fusegw" in str(caught.value)
+    assert "separate redis_url's Sentinels with ;" in str(caught.value)

@@ -7,6 +7,8 @@
 - A storage proxy's `storage-proxy.toml` (tests/data, from Backend.AI 23.03's sample) is
   accepted as it is and mapped: volumes, `[api.manager]` to the node endpoint's TCP listener
   and token, `[api.client]` kept, the proxy's own sections ignored.
+- The shared ledger's keys (`ledger`, `redis_url`, `node_id`, `grant_*`, `redis_wait`) are
+  typed and checked in the volume's options and in `-o`, and reach mountd's gateway files.
 - `fusegw check-config` prints what the node will run, or every problem with exit status 2;
   `fusegw mount --config FILE --volume NAME` reads its volume through the same model.
 """
@@ -393,6 +395,98 @@ def test_mount_options_typed_as_in_the_file() -> None:
         cfg.mount_options({"read_ahead_kb": "lots", "cache_timeout": "-1"})
     assert [p.split(":")[0] for p in caught.value.problems] == ["cache_timeout",
                                                                 "read_ahead_kb"]
+
+
+# -- the shared ledger's options (issue 13) ------------------------------------------------------
+
+LEDGER_TABLE = """
+[volume.shared]
+path = "shared"
+
+[volume.shared.options]
+ledger = "redis"
+redis_url = "redis+sentinel://:pw@s1:26379;s2:26379/fusegw/2"
+node_id = "gpu-07.example:/mnt/fusegw/shared"
+grant_min_bytes = "64k"
+grant_min_inodes = 8
+grant_lease = 30
+redis_wait = 0
+"""
+
+
+def test_ledger_options_read_from_the_volume_table(tmp_path: Path) -> None:
+    """`[volume.NAME.options]` takes the ledger's keys, typed (`grant_min_bytes` as a size),
+    with their defaults where unset; mountd's per-gateway file carries them unchanged."""
+    from mountd.gateway import VolumeSpec
+
+    (tmp_path / "shared").mkdir()
+    node = cfg.load_config(write(tmp_path / "node.toml", LEDGER_TABLE))
+    expected = {"ledger": "redis", "redis_url": "redis+sentinel://:pw@s1:26379;s2:26379/fusegw/2",
+                "node_id": "gpu-07.example:/mnt/fusegw/shared", "grant_min_bytes": 64 * 2**10,
+                "grant_min_inodes": 8, "grant_lease": 30.0, "redis_wait": 0.0}
+    assert node.volume["shared"].options == expected
+    gateway_file = write(tmp_path / "gateway.toml", VolumeSpec.of(node, "shared").config_text())
+    assert cfg.load_config(gateway_file).volume["shared"].options == expected
+    defaults = cfg.GatewayOptions()
+    assert (defaults.ledger, defaults.redis_url, defaults.node_id) == ("local", None, None)
+    assert (defaults.grant_min_bytes, defaults.grant_min_inodes) == (2**20, 64)
+    assert (defaults.grant_lease, defaults.redis_wait) == (10.0, 5.0)
+
+
+def test_ledger_options_refused_naming_the_key(tmp_path: Path) -> None:
+    """Each bad value is one problem naming its key; redis_url's value (it may hold a
+    password) is not echoed."""
+    (tmp_path / "shared").mkdir()
+    config = write(tmp_path / "bad.toml", """
+[volume.shared]
+path = "shared"
+
+[volume.shared.options]
+ledger = "etcd"
+redis_url = 6379
+node_id = "two words"
+grant_min_bytes = "1k"
+grant_min_inodes = 0
+grant_lease = 0.5
+redis_wait = -1
+""")
+    expect = {
+        "ledger": ["'local' or 'redis'", "'etcd'"],
+        "redis_url": ["must be text"],
+        "node_id": ["'two words'", "1 to 200 characters", "A-Z, a-z, 0-9"],
+        "grant_min_bytes": ["greater than or equal to 4096"],
+        "grant_min_inodes": ["greater than or equal to 1"],
+        "grant_lease": ["greater than or equal to 1"],
+        "redis_wait": ["greater than or equal to 0"],
+    }
+    found = problems(config)
+    assert len(found) == len(expect), found
+    for key, words in expect.items():
+        line = next((p for p in found if p.startswith(f"[volume.shared.options] {key}: ")),
+                    None)
+        assert line is not None, (key, found)
+        assert all(w in line for w in words), (words, line)
+    assert "6379" not in next(p for p in found if " redis_url: " in p)
+    too_long = write(tmp_path / "long.toml", LEDGER_TABLE.replace(
+        'node_id = "gpu-07.example:/mnt/fusegw/shared"', f'node_id = "{"n" * 201}"'))
+    assert [p.split(":")[0] for p in problems(too_long)] == ["[volume.shared.options] node_id"]
+
+
+def test_ledger_mount_options_typed_as_in_the_file() -> None:
+    """`-o` gives the ledger's keys as text; they are read into the same types, and a bad one
+    names the option."""
+    given = {"ledger": "redis", "redis_url": "redis://127.0.0.1:6379/1", "node_id": "n1",
+             "grant_min_bytes": "1m", "grant_min_inodes": "100", "grant_lease": "2.5",
+             "redis_wait": "0"}
+    assert cfg.mount_options(given) == {
+        "ledger": "redis", "redis_url": "redis://127.0.0.1:6379/1", "node_id": "n1",
+        "grant_min_bytes": 2**20, "grant_min_inodes": 100, "grant_lease": 2.5,
+        "redis_wait": 0.0}
+    assert cfg.mount_options({"grant_min_bytes": "4096"}) == {"grant_min_bytes": 4096}
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.mount_options({"ledger": "1", "grant_min_bytes": "lots", "redis_wait": "soon"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["ledger", "grant_min_bytes",
+                                                                "redis_wait"]
 
 
 # -- fusegw mount --config FILE --volume NAME ---------------------------------------------------

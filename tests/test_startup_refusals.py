@@ -4,21 +4,31 @@ Each mistake an operator makes when starting a gateway ends in exit status 1 and
 line on stderr that names the fix, never a traceback, and leaves nothing mounted or written
 (no version.txt or .fusegw/ in the source, no control socket, no log). The dead mount a
 killed gateway leaves is named at once, not after the kernel's cached attributes expire, and
-`--clear-dead` (or `-o clear_dead`) mounts over it.
+`--clear-dead` (or `-o clear_dead`) mounts over it. The shared ledger's options (issue 13)
+are refused the same way: a missing or bad redis_url, a Redis that does not answer within
+redis_wait, or one that refuses the gateway.
 """
 
 from __future__ import annotations
 
 import grp
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Gateway, is_mounted, wait_for
+from conftest import Gateway, free_port, is_mounted, wait_for
+from redis_fixture import RedisServer, redis_server, stop
+
+from fusegw.settings import MountSettings, preflight
+
+__all__ = ["redis_server"]
 
 MakeGateway = Callable[..., Gateway]
 
@@ -255,3 +265,110 @@ def test_clear_dead_leaves_a_live_mount_alone(make_gateway: MakeGateway) -> None
     finally:
         second.mountpoint = own
     wait_for(lambda: serving(first), what="the first gateway still serving")
+
+
+# -- the shared ledger's Redis (issue 13) ------------------------------------------------------
+
+PASSWORD = "hunter2-not-shown"
+
+
+@pytest.mark.parametrize("options, words", [
+    ("ledger=redis", ["-o ledger=redis needs redis_url=redis://HOST:PORT/DB",
+                      "redis+sentinel://"]),
+    ("redis_url=redis://127.0.0.1:6379/0", ["redis_url is only read with ledger=redis",
+                                            "-o ledger=redis"]),
+    (f"ledger=redis,redis_url=http://:{PASSWORD}@127.0.0.1:6379",
+     ["shared ledger: redis_url 'http://:***@127.0.0.1:6379'", "the scheme must be"]),
+    ("ledger=redis,redis_url=redis+sentinel://127.0.0.1:26379;127.0.0.1:26380/svc/zero",
+     ["shared ledger: redis_url", "the database 'zero' is not a number"]),
+    ("ledger=etcd", ["-o ledger:", "'local' or 'redis'"]),
+    ("grant_min_bytes=1k", ["-o grant_min_bytes:", "4096"]),
+    ("node_id=no spaces", ["-o node_id:", "1 to 200 characters"]),
+])
+def test_shared_ledger_mistakes_named_in_one_line(make_gateway: MakeGateway, options: str,
+                                                  words: list[str]) -> None:
+    """A shared ledger without its Redis, a URL with the local ledger (unread: surely not what
+    was meant), a URL that names no Redis, a bad value: one line naming the fix, no password."""
+    gw = make_gateway("ledgeropts", extra=["-o", options], start=False)
+    line = assert_refused(gw.start(check=False), *words)
+    assert PASSWORD not in line
+    assert_nothing_done(gw)
+
+
+def test_redis_that_does_not_answer_refused_in_one_line(make_gateway: MakeGateway) -> None:
+    """Nothing listens at redis_url (redis_wait=0: one try): the refusal names the address,
+    not the password, and says to start Redis or fix the URL."""
+    port = free_port()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    gw = make_gateway("noredis", extra=["-o", f"ledger=redis,redis_url={url},redis_wait=0"],
+                      start=False)
+    began = time.monotonic()
+    line = assert_refused(gw.start(check=False),
+                          f"shared ledger: Redis at redis://:***@127.0.0.1:{port}/0 does not "
+                          "answer (", "Connection refused", "): start it, or fix redis_url")
+    assert time.monotonic() - began < 10
+    assert PASSWORD not in line
+    assert_nothing_done(gw)
+
+
+def test_fstab_line_with_a_silent_redis_refused_in_one_line(make_gateway: MakeGateway) -> None:
+    """As mount.fuse3 runs an fstab line: `fusegw SOURCE MOUNTPOINT -o OPTIONS`, fstab's own
+    options among them, a Sentinel list written with `;`; redis_wait=1 is waited out."""
+    gw = make_gateway("fstabredis", start=False)
+    sentinels = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    options = (f"rw,nosuid,nodev,_netdev,nofail,ledger=redis,redis_url=redis+sentinel://"
+               f"{sentinels}/fusegw,redis_wait=1,control_socket={gw.socket},log_file={gw.log}")
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fusegw", str(gw.source), str(gw.mountpoint),
+                           "-o", options], capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - began
+    assert_refused(proc, f"Redis at redis+sentinel://{sentinels}/fusegw does not answer",
+                   "start it, or fix redis_url")
+    assert 1 <= waited < 10, waited
+    assert_nothing_done(gw)
+
+
+def test_redis_that_refuses_the_gateway_is_not_waited_for(make_gateway: MakeGateway,
+                                                          redis_server: RedisServer) -> None:
+    """A real Redis that answers with an error (a database it does not have) is refused at
+    once, whatever redis_wait says: waiting cannot fix the URL."""
+    url = f"redis://127.0.0.1:{redis_server.port}/99"
+    gw = make_gateway("baddb", extra=["-o", f"ledger=redis,redis_url={url},redis_wait=30"],
+                      start=False)
+    began = time.monotonic()
+    assert_refused(gw.start(check=False), f"shared ledger: Redis at {url} refuses the gateway",
+                   "DB index is out of range", "fix redis_url")
+    assert time.monotonic() - began < 10
+    assert_nothing_done(gw)
+
+
+def test_start_waits_for_a_redis_coming_up(tmp_path: Path) -> None:
+    """A node booting beside its Redis: the checks wait up to redis_wait for it to answer,
+    and pass once it does (a real redis-server, started a second into the wait)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: `make install` installs the Debian package"
+    source, mountpoint = tmp_path / "vol", tmp_path / "vol.mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    port = free_port()
+    started: list[RedisServer] = []
+
+    def start() -> None:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save",
+                                 "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(RedisServer(port, proc))
+
+    timer = threading.Timer(1.0, start)
+    began = time.monotonic()
+    timer.start()
+    try:
+        preflight(MountSettings(source, mountpoint, ledger="redis", redis_wait=20.0,
+                                redis_url=f"redis://127.0.0.1:{port}/0"))
+        assert 1 <= time.monotonic() - began < 20
+    finally:
+        timer.cancel()
+        timer.join()
+        for server in started:
+            stop(server)
+    assert started

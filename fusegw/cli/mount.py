@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fusegw import logs
-from fusegw.settings import MountSettings, StartupError, log_level, preflight, source_exposure
+from fusegw.settings import (
+    DEFAULT_GRANT_LEASE,
+    DEFAULT_GRANT_MIN_BYTES,
+    DEFAULT_GRANT_MIN_INODES,
+    DEFAULT_REDIS_WAIT,
+    MountSettings,
+    StartupError,
+    log_level,
+    preflight,
+    source_exposure,
+)
 
 if TYPE_CHECKING:  # imported when used: pydantic and the backends (trio) cost every command
     from fusegw.config import NodeConfig, VolumeConfig
@@ -26,6 +36,9 @@ IGNORED_MOUNT_OPTIONS = {"rw", "dev", "suid", "exec", "async", "auto", "noauto",
                          "nouser", "users", "owner", "group", "defaults", "_netdev", "nofail",
                          "allow_other", "default_permissions"}
 IGNORED_PREFIXES = ("x-", "X-", "comment=")
+# The shared ledger's options (issue 13): -o, fstab and [volume.NAME.options] alike.
+LEDGER_OPTIONS = ("ledger", "redis_url", "node_id", "grant_min_bytes", "grant_min_inodes",
+                  "grant_lease", "redis_wait")
 # What fusegw hands to FUSE: the mount flags and options libfuse 3.14 accepts (lib/mount.c
 # fuse_mount_opts, lib/fuse_lowlevel.c fuse_ll_opts) that make sense for this filesystem.
 # Not passed: max_read= (below), fsname=, subtype= (fusegw's: they name the mount fuse.fusegw, which
@@ -40,7 +53,7 @@ FUSE_VALUE_OPTIONS = {c: re.compile(r".+") for c in ("context", "fscontext", "de
                                                      "rootcontext")}
 OWN_OPTIONS = {"backend", "volume", "config", "control_socket", "admin_group", "xattr_limits",
                "cache_timeout", "read_ahead_kb", "io_threads", "io_inline_max_us",
-               "log_file", "log_level",
+               *LEDGER_OPTIONS, "log_file", "log_level",
                "allow_exposed_source", "allow_nonempty_mountpoint", "nonempty",
                "adopt_nonempty", "clear_dead"}
 OPTION_ALIASES = {"nonempty": "allow_nonempty_mountpoint"}  # libfuse 2's name for it
@@ -124,8 +137,17 @@ def _split_options(values: list[str]) -> tuple[dict[str, str], set[str]]:
             f"unknown mount option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
             f"fusegw passes on only the FUSE options {', '.join(sorted(FUSE_OPTIONS))}, "
             f"{', '.join(_FUSE_VALUE_FORMS)} and reads its own "
-            f"{', '.join(sorted(OWN_OPTIONS - set(OPTION_ALIASES)))}")
+            f"{', '.join(sorted(OWN_OPTIONS - set(OPTION_ALIASES)))}"
+            + _sentinel_hint(own))
     return own, fuse
+
+
+def _sentinel_hint(own: dict[str, str]) -> str:
+    """-o splits `redis+sentinel://H1:P1,H2:P2/...` at its comma: the second Sentinel
+    arrives as an unknown option. Say what to write instead."""
+    if not own.get("redis_url", "").startswith("redis+sentinel://"):
+        return ""
+    return "; in -o, separate redis_url's Sentinels with ; (H1:P1;H2:P2), not a comma"
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,7 @@ def _options(own: dict[str, str]) -> dict[str, Any]:
 
 
 MOUNT_OPTION_KEYS = {"xattr_limits", "cache_timeout", "read_ahead_kb", "io_threads",
-                     "io_inline_max_us", "control_socket",
+                     "io_inline_max_us", *LEDGER_OPTIONS, "control_socket",
                      "allow_exposed_source", "allow_nonempty_mountpoint", "adopt_nonempty",
                      "clear_dead"}
 
@@ -224,6 +246,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[MountSettings, dict[st
         read_ahead_kb=pick("read_ahead_kb", default=4096),
         io_threads=pick("io_threads", default=16),
         io_inline_max_us=pick("io_inline_max_us"),
+        ledger=pick("ledger", default="local"),
+        redis_url=pick("redis_url"),
+        node_id=pick("node_id"),
+        grant_min_bytes=pick("grant_min_bytes", default=DEFAULT_GRANT_MIN_BYTES),
+        grant_min_inodes=pick("grant_min_inodes", default=DEFAULT_GRANT_MIN_INODES),
+        grant_lease=pick("grant_lease", default=DEFAULT_GRANT_LEASE),
+        redis_wait=pick("redis_wait", default=DEFAULT_REDIS_WAIT),
         fuse_options=fuse,
         backend_options={k: v for k, v in vopts.items() if k not in GATEWAY_OPTION_KEYS},
         tcp_listen=args.tcp_listen or (control.tcp_listen if control else None),
