@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -33,6 +34,10 @@ from fusegw.fs.session import Queue, fuse_fd
 from fusegw.fs.xattrs import UsageXattrs
 from fusegw.layout import prepare_volume
 from fusegw.ledger import Ledger, ScopeUsage
+from fusegw.ledger.rebuild_shared import node_dir
+from fusegw.ledger.redis_ledger import RedisLedger
+from fusegw.ledger.redis_url import connect
+from fusegw.ledger.shared import GrantPolicy, SharedScopes
 from fusegw.scopes import ScopeService
 from fusegw.settings import MountSettings, StartupError, preflight
 from fusegw.state import StateDir
@@ -56,15 +61,32 @@ class Gateway:
         self.backend: QuotaBackend = get_backend(settings.backend, settings.source,
                                                  settings.backend_options)
         self.state = StateDir(settings.source)
-        self.registry = Registry(self.state)
-        self.ledger = Ledger(settings.source, self.state,
-                             enforce_bytes=not self.backend.enforces_bytes,
-                             enforce_inodes=not self.backend.enforces_inodes)
+        self.shared = settings.ledger == "redis"
+        self.registry = Registry(self.state, shared=self.shared)
+        self.ledger: Ledger = (self._shared_ledger() if self.shared else
+                               Ledger(settings.source, self.state,
+                                      enforce_bytes=not self.backend.enforces_bytes,
+                                      enforce_inodes=not self.backend.enforces_inodes))
         self.lease: Lease | None = None
         self.service = ScopeService(self.registry, self.ledger, self.backend,
-                                    on_change=self._invalidate_path)
+                                    on_change=self._changed_here)
         self.ops: GatewayOperations | None = None
         self.client_sock: trio.socket.SocketType | None = None
+
+    def _shared_ledger(self) -> RedisLedger:
+        """The shared ledger (`ledger = "redis"`): for volumes whose limits the gateway
+        enforces, so every node's gateway must enforce the same ones."""
+        s = self.settings
+        if self.backend.enforces_bytes or self.backend.enforces_inodes:
+            raise StartupError(f"ledger=redis is for volumes whose limits the gateway enforces "
+                               f"(backend vfs); backend {s.backend} enforces them itself: "
+                               "drop ledger=redis")
+        assert s.redis_url is not None  # preflight refuses ledger=redis without it
+        node = s.node_id or f"{socket.gethostname()}:{s.mountpoint}"
+        policy = GrantPolicy(lease_ms=int(s.grant_lease * 1000), min_bytes=s.grant_min_bytes,
+                             min_inodes=s.grant_min_inodes)
+        shared = SharedScopes(connect(s.redis_url), node, policy)
+        return RedisLedger(s.source, self.state, shared, s.redis_wait)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -72,7 +94,10 @@ class Gateway:
         """Check the layout, take the lease, load scopes; return the scopes to rebuild."""
         prepare_volume(self.settings.source)
         self.state.open()
-        if not self.backend.enforces_bytes:
+        if isinstance(self.ledger, RedisLedger):  # every node of the volume, one prefix
+            self.ledger.state = self.state.below("nodes", node_dir(self.ledger.node))
+            self.ledger.shared.prefix = f"fusegw:{self.state.volume_id()}"
+        elif not self.backend.enforces_bytes:
             self.lease = Lease(self.state)
             self.lease.acquire()
         self.registry.load()
@@ -141,6 +166,17 @@ class Gateway:
                      writeback_failing=dict(self.ledger.settle_failing))
         return {"state": "degraded", "persist_error": error}
 
+    async def _changed_here(self, parts: list[str]) -> None:
+        """The control socket changed entries along this path: drop what this mount's kernel
+        cached of them, and tell the other nodes to do the same."""
+        await self._invalidate_path(parts)
+        await self.ledger.announce({"kind": "invalidate", "parts": parts})
+
+    async def _on_invalidate(self, event: dict[str, Any]) -> None:
+        parts = event.get("parts")
+        if isinstance(parts, list) and all(isinstance(p, str) and p for p in parts):
+            await self._invalidate_path(parts)
+
     async def _invalidate_path(self, parts: list[str]) -> None:
         """Drop the kernel's cached entry, positive or negative, for each level of a path
         below the volume root that the control socket changed, as far down as the kernel
@@ -171,7 +207,8 @@ class Gateway:
                              self.service.native)
         timeout = s.cache_timeout
         if timeout is None:  # a volume other gateways may change too needs fresher caches
-            timeout = 1.0 if self.backend.enforces_bytes else EXCLUSIVE_CACHE_TIMEOUT
+            alone = not (self.backend.enforces_bytes or self.shared)
+            timeout = EXCLUSIVE_CACHE_TIMEOUT if alone else 1.0
         inline_us = s.io_inline_max_us
         if inline_us is None:
             inline_us = 0.0 if self.backend.network else FAST * 1e6
@@ -183,7 +220,7 @@ class Gateway:
         VolumeRoutes(s.volume, str(s.mountpoint), self.service, vfolders, self.status,
                      metrics, s.fsprefix).install(app)
         FileRoutes(s.volume, s.mountpoint, vfolders).install(app)  # after: wraps GET /
-        client = (ClientAPI(s, self.ledger, self._invalidate_path, self.ops.late.release)
+        client = (ClientAPI(s, self.ledger, self._changed_here, self.ops.late.release)
                   if s.client_secret else None)
         TokenRoutes(s.volume, vfolders, client.tokens if client else None,
                     client.uploads if client else None, s.max_upload_size).install(app)
@@ -207,6 +244,10 @@ class Gateway:
                     await self._serve_client(nursery, client)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.ledger.flush_loop)
+                if isinstance(self.ledger, RedisLedger):
+                    self.ledger.handlers.update(scopes=self.service.reload,
+                                                invalidate=self._on_invalidate)
+                    await self.ledger.run(nursery)
                 if self.lease is not None:
                     nursery.start_soon(self._renew_lease)
                 for scope in rebuild:
@@ -301,6 +342,8 @@ class Gateway:
                 self.ops.late.settle_now()
             except (OSError, GatewayError) as e:
                 log.error("final writeback failed error=%s: those scopes stay dirty", e)
+        if isinstance(self.ledger, RedisLedger):
+            self.ledger.close()
         self.ledger.flush(force=True)
         error = self.state.persist_error()
         if error is not None:

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends import BackendError, QuotaBackend, QuotaLimits
-from fusegw.errors import QuotaScopeExists, QuotaScopeNotEmpty, QuotaScopeNotFound
+from fusegw.errors import (
+    GatewayError,
+    QuotaScopeExists,
+    QuotaScopeNotEmpty,
+    QuotaScopeNotFound,
+)
 from fusegw.ids import QuotaScopeID
 from fusegw.ledger import Ledger, ScopeUsage
 from fusegw.native import NativeFigures
@@ -129,8 +134,16 @@ class ScopeService:
             self.ledger.start_rebuild([scope])
             await self.ledger.rebuild(scope)
         else:
-            scope.set_figures(os.lstat(path).st_blocks * 512, 0, {})
-            self.ledger.flush(force=True)
+            try:
+                await self.ledger.new_scope(scope, os.lstat(path).st_blocks * 512)
+            except GatewayError:  # the shared ledger's Redis does not answer: undo it all
+                self.ledger.remove_scope(qsid.pathname)
+                with _best_effort():
+                    self.registry.remove(qsid.pathname)
+                with _best_effort():
+                    await self.backend.delete_scope(qsid.pathname)
+                raise
+        await self.ledger.announce({"kind": "scopes"})
         await self.changed([qsid.pathname])
         self.audit(caller, "quota-scope.create", qsid, None, _limits(scope),
                     adopted=adopted)
@@ -172,6 +185,7 @@ class ScopeService:
                 await self.backend.create_scope(scope.pathname, QuotaLimits(**before))
             raise
         self.ledger.remove_scope(scope.pathname)
+        await self.ledger.announce({"kind": "scopes"})
         await self.changed([scope.pathname])
         self.audit(caller, "quota-scope.delete", qsid, before, None)
 
@@ -187,13 +201,36 @@ class ScopeService:
         backend its limits back and raise, leaving the scope as it was."""
         self.native.forget(scope.pathname)
         try:
-            record = self.registry.set_limits(scope.pathname, after["limit_bytes"],
-                                              after["limit_inodes"])
-        except VolumeWriteError:
+            await self.ledger.store_limits(scope, after["limit_bytes"], after["limit_inodes"])
+            try:
+                record = self.registry.set_limits(scope.pathname, after["limit_bytes"],
+                                                  after["limit_inodes"])
+            except VolumeWriteError:
+                with _best_effort():
+                    await self.ledger.store_limits(scope, before["limit_bytes"],
+                                                   before["limit_inodes"])
+                raise
+        except GatewayError:
             with _best_effort():
                 await self.backend.update_scope(scope.pathname, QuotaLimits(**before))
             raise
         scope.limit_bytes, scope.limit_inodes = record.limit_bytes, record.limit_inodes
+        await self.ledger.announce({"kind": "scopes"})
+
+    async def reload(self, event: dict[str, Any] | None = None) -> None:
+        """Another node changed the registry: read it again and follow it (scopes created,
+        deleted, limits changed), figures from the shared ledger."""
+        self.registry.load()
+        records = self.registry.scopes
+        for pathname in [p for p in self.ledger.scopes if p not in records]:
+            self.ledger.remove_scope(pathname)
+        for pathname, rec in records.items():
+            scope = self.ledger.scopes.get(pathname)
+            if scope is None or scope.qsid != rec.qsid:
+                scope = self.ledger.add_scope(rec.qsid, rec.limit_bytes, rec.limit_inodes)
+                await self.ledger.refresh(scope)
+            scope.limit_bytes, scope.limit_inodes = rec.limit_bytes, rec.limit_inodes
+            self.native.forget(pathname)
 
     @staticmethod
     def audit(caller: Caller, action: str, qsid: QuotaScopeID, before: Any, after: Any,
@@ -205,7 +242,7 @@ class ScopeService:
 
 def _best_effort() -> contextlib.AbstractContextManager[None]:
     """Undoing a step after a later one failed: the later failure is what the caller hears."""
-    return contextlib.suppress(BackendError, OSError)
+    return contextlib.suppress(BackendError, OSError, GatewayError)
 
 
 def _figures(scope: ScopeUsage) -> dict[str, int | None]:

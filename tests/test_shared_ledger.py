@@ -14,7 +14,7 @@ from conftest import free_port, wait_for
 from redis_fixture import RedisServer, redis_server, start_sentinel, stop
 
 from fusegw.ledger.redis_url import RedisURLError, connect
-from fusegw.ledger.shared import GrantPolicy, SharedScopes
+from fusegw.ledger.shared import Commit, GrantPolicy, SharedScopes
 
 __all__ = ["redis_server"]
 
@@ -23,6 +23,11 @@ MiB = 2**20
 
 def scopes(server: RedisServer, node: str, **policy: int) -> SharedScopes:
     return SharedScopes(server.client(), node, GrantPolicy(**policy))
+
+
+def commit(s: SharedScopes, scope: str, seq: int, nbytes: int, ninodes: int = 0) -> int:
+    """Commit a node's change (its grant spent by as much); the tick's status."""
+    return s.tick(scope, Commit(seq, 0, nbytes, ninodes), False)[0]
 
 
 def new_scope(s: SharedScopes, limit_bytes: int, limit_inodes: int = 0) -> str:
@@ -37,7 +42,7 @@ def test_a_grant_is_a_slice_of_the_room_and_shrinks_near_the_limit(
     scope = new_scope(a, 100 * MiB)
     first = a.acquire(scope, 4096, 0)
     assert first.bytes == 50 * MiB  # half the room for the one node asking (at most 64 MiB)
-    a.commit(scope, 1, 99 * MiB, 0, first.bytes, 0)  # the scope fills up
+    commit(a, scope, 1, 99 * MiB)  # the scope fills up
     near = a.acquire(scope, 4096, 0)
     assert near.bytes == 1 * MiB  # the minimum: room 1 MiB, shared by one node
     refused = a.acquire(scope, 1, 0)
@@ -62,7 +67,7 @@ def test_many_nodes_never_hold_more_than_the_room(redis_server: RedisServer) -> 
             if not g.bytes:
                 return
             seq += 1
-            s.commit(scope, seq, g.bytes, 0, g.bytes, 0)  # spend all of it
+            commit(s, scope, seq, g.bytes)  # spend all of it
             spent[i] += g.bytes
 
     threads = [threading.Thread(target=node, args=(i,), daemon=True) for i in range(16)]
@@ -80,9 +85,9 @@ def test_many_nodes_never_hold_more_than_the_room(redis_server: RedisServer) -> 
 def test_a_repeated_commit_is_applied_once(redis_server: RedisServer) -> None:
     a = scopes(redis_server, "a")
     scope = new_scope(a, 0)
-    assert a.commit(scope, 1, 4096, 1, 0, 0)
-    assert not a.commit(scope, 1, 4096, 1, 0, 0)  # its answer was lost, sent again
-    assert a.commit(scope, 2, -4096, -1, 0, 0)
+    assert commit(a, scope, 1, 4096, 1) == 1
+    assert commit(a, scope, 1, 4096, 1) == 0  # its answer was lost, sent again
+    assert commit(a, scope, 2, -4096, -1) == 1
     figures = a.describe(scope)
     assert (figures.used_bytes, figures.used_inodes) == (0, 0)
 
@@ -107,7 +112,8 @@ def test_release_gives_room_back(redis_server: RedisServer) -> None:
     held = a.acquire(scope, 4 * MiB, 10)
     assert (held.bytes, held.inodes) == (4 * MiB, 64)  # inodes: the minimum grant
     assert b.acquire(scope, 1, 0).bytes == 0
-    assert a.release(scope, held.held_bytes, held.held_inodes) == (0, 0)
+    _, figures = a.tick(scope, None, True)  # give it back
+    assert (figures.held_bytes, figures.held_inodes) == (0, 0)
     assert b.acquire(scope, MiB, 1).bytes >= MiB
 
 

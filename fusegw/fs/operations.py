@@ -558,13 +558,16 @@ class GatewayOperations(GuardedOperations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
-        if self.files.pop(fh, None) is not None:
+        handle = self.files.pop(fh, None)
+        if handle is not None:
             self._no_nowait.discard(fh)
             os.close(fh)
+            self.ledger.commit_soon(self._scope(handle.node))
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self._file(fh)
+        handle = self._file(fh)
         await self.offload.run(os.fdatasync if datasync else os.fsync, fh)
+        self.ledger.commit_soon(self._scope(handle.node))
 
     # -- directories --------------------------------------------------------------------------
 

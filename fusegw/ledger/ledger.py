@@ -128,6 +128,25 @@ class Ledger:
         self.scopes.pop(pathname, None)
         self.flush(force=True)
 
+    async def new_scope(self, scope: ScopeUsage, used_bytes: int) -> None:
+        """The first figures of a scope just created (its empty directory's blocks)."""
+        scope.set_figures(used_bytes, 0, {})
+        self.flush(force=True)
+
+    async def refresh(self, scope: ScopeUsage) -> None:
+        """Read a scope another node created (the shared ledger's figures); here, nothing."""
+
+    async def store_limits(self, scope: ScopeUsage, limit_bytes: int, limit_inodes: int
+                           ) -> None:
+        """Before the registry records new limits: where else they must be (the shared
+        ledger's Redis); here, nowhere."""
+
+    async def announce(self, event: dict[str, Any]) -> None:
+        """Tell the other nodes of a change made here (the shared ledger); here, no one."""
+
+    def commit_soon(self, scope: ScopeUsage | None) -> None:
+        """A file was closed or synced: the shared ledger commits at once; here, nothing."""
+
     # -- persistence ----------------------------------------------------------------------------
 
     def load(self) -> list[ScopeUsage]:

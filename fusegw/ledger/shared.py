@@ -1,32 +1,29 @@
-"""The shared figures of a scope on Redis, and the grants that let many nodes enforce one limit.
-
-The first layer of the shared ledger (issue 13), not yet chosen by any volume: the data model
-and the server-side scripts that change it, so that every change is atomic whatever the
-number of nodes. Per scope, under one hash tag (so a Redis Cluster keeps it on one shard):
-
-    fusegw:{<scope>}:scope    hash  limit_bytes, limit_inodes, used_bytes, used_inodes
-    fusegw:{<scope>}:grants   hash  <node> -> "bytes inodes lease_expiry_ms"
-    fusegw:{<scope>}:seq      hash  <node> -> the last commit applied from that node
+"""One node's calls to the shared ledger on Redis: the grants that let many nodes enforce one
+limit, the figures every node reads, and the rebuild that corrects them.
 
 A node *acquires* a grant (a slice of the room left: limit - committed - every grant out),
-spends it with no round trip, *commits* what its changes allocated (idempotent: a commit
-carries the node's sequence number and a repeated one is ignored, so a commit whose answer was
-lost can be sent again), and *releases* what it did not spend. A grant's size shrinks as the
-room does (the script's `size`), to a minimum near the limit, so at most nodes times the
-minimum can be over the limit at once. A grant carries a lease; the first script to run
-after it expires takes it back, so a node that vanished frees its room.
+spends it with no round trip, and *commits* what its changes allocated on its next tick
+(idempotent: a commit carries the node's sequence number and a repeated one is ignored, so a
+commit whose answer was lost is sent again as it was). A grant's size shrinks as the room
+does, to a minimum near the limit, so at most nodes times the minimum can be over the limit at
+once. A grant carries a lease that every tick renews; the first script to run after it
+expired takes it back, so a node that vanished frees its room. The scripts are in
+`fusegw.ledger.scripts`.
 
-The scripts run in Redis; `SharedScopes` calls them through redis-py's synchronous client,
-which the gateway confines to worker threads (one round trip each, off the FUSE path: grants
-are asked for ahead of need).
+Every call is one round trip with redis-py's synchronous client, which the gateway confines
+to worker threads (`fusegw.ledger.redis_ledger`): off the FUSE path, grants are asked for
+ahead of need.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
+from fusegw.ledger import scripts
 
 MiB = 2**20
 
@@ -35,101 +32,18 @@ DEFAULT_MIN_INODES = 64
 DEFAULT_MAX_BYTES = 256 * MiB
 DEFAULT_MAX_INODES = 16384
 
-_REAP = """
-local function reap(grants, now)
-  local out_b, out_i, nodes = 0, 0, 0
-  local all = redis.call('HGETALL', grants)
-  for i = 1, #all, 2 do
-    local b, n, exp = string.match(all[i + 1], '(%-?%d+) (%-?%d+) (%d+)')
-    if tonumber(exp) < now then
-      redis.call('HDEL', grants, all[i])
-    else
-      out_b, out_i, nodes = out_b + tonumber(b), out_i + tonumber(n), nodes + 1
-    end
-  end
-  return out_b, out_i, nodes
-end
-local function clock()  -- Redis's clock, one for every node; scripts replicate as effects
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function get(h, k) return tonumber(redis.call('HGET', h, k) or '0') end
-local function mine(grants, node)
-  local v = redis.call('HGET', grants, node)
-  if not v then return 0, 0 end
-  local b, n = string.match(v, '(%-?%d+) (%-?%d+)')
-  return tonumber(b), tonumber(n)
-end
-local function size(room, nodes, want, lo, hi)
-  -- the share of the room one of (nodes + 1) active nodes may hold, within [lo, hi],
-  -- never below what is asked for now, never above the room left; no limit: what is asked
-  if room == nil then return want end
-  if room <= 0 then return 0 end
-  local s = math.floor(room / (2 * (nodes + 1)))
-  s = math.max(lo, math.min(hi, s))
-  s = math.max(s, want)
-  return math.min(s, room)
-end
-"""
-
-# KEYS: scope, grants; ARGV: node, want_b, want_i, -, lease_ms, min_b, min_i, max_b, max_i
-_ACQUIRE = _REAP + """
-local now = clock()
-local out_b, out_i, nodes = reap(KEYS[2], now)
-local have_b, have_i = mine(KEYS[2], ARGV[1])
-local others = nodes
-if have_b ~= 0 or have_i ~= 0 then others = nodes - 1 end
-local lb, li = get(KEYS[1], 'limit_bytes'), get(KEYS[1], 'limit_inodes')
-local room_b, room_i = nil, nil
-if lb > 0 then room_b = lb - get(KEYS[1], 'used_bytes') - out_b end
-if li > 0 then room_i = li - get(KEYS[1], 'used_inodes') - out_i end
-local want_b, want_i = tonumber(ARGV[2]), tonumber(ARGV[3])
-local gb = size(room_b, others, want_b, tonumber(ARGV[6]), tonumber(ARGV[8]))
-local gi = size(room_i, others, want_i, tonumber(ARGV[7]), tonumber(ARGV[9]))
-if gb < want_b or gi < want_i then gb, gi = 0, 0 end  -- all of it or nothing
-local b, n = have_b + gb, have_i + gi
-redis.call('HSET', KEYS[2], ARGV[1], b .. ' ' .. n .. ' ' .. (now + tonumber(ARGV[5])))
-return {gb, gi, b, n}
-"""
-
-# KEYS: scope, grants, seq; ARGV: node, seq, d_b, d_i, spent_b, spent_i, -, lease_ms
-_COMMIT = _REAP + """
-local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if tonumber(ARGV[2]) <= last then return 0 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'used_bytes', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'used_inodes', ARGV[4])
-local b, n = mine(KEYS[2], ARGV[1])
-b, n = math.max(0, b - tonumber(ARGV[5])), math.max(0, n - tonumber(ARGV[6]))
-redis.call('HSET', KEYS[2], ARGV[1], b .. ' ' .. n .. ' ' .. (clock() + tonumber(ARGV[8])))
-return 1
-"""
-
-# KEYS: grants; ARGV: node, bytes, inodes, -, lease_ms
-_RELEASE = _REAP + """
-local b, n = mine(KEYS[1], ARGV[1])
-b, n = math.max(0, b - tonumber(ARGV[2])), math.max(0, n - tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], ARGV[1], b .. ' ' .. n .. ' ' .. (clock() + tonumber(ARGV[5])))
-return {b, n}
-"""
-
-# KEYS: scope, grants
-_DESCRIBE = _REAP + """
-local out_b, out_i, nodes = reap(KEYS[2], clock())
-return {get(KEYS[1], 'limit_bytes'), get(KEYS[1], 'limit_inodes'), get(KEYS[1], 'used_bytes'),
-        get(KEYS[1], 'used_inodes'), out_b, out_i, nodes}
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one acquire gave (`bytes`, `inodes`: 0 and 0 when refused) and what the node
-    now holds in all (`held_*`)."""
+    """What one acquire gave (`bytes`, `inodes`: 0 and 0 when refused), what the node now
+    holds in all (`held_*`) and what the other nodes hold (`others_*`)."""
 
     bytes: int
     inodes: int
     held_bytes: int
     held_inodes: int
+    others_bytes: int = 0
+    others_inodes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +58,68 @@ class SharedFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebuild:
+    """A rebuild of the scope under way: by which node, until when its claim holds (Redis
+    clock, ms), and whether it still waits for nodes to stop ("hold") or scans ("scan")."""
+
+    node: str
+    expires_ms: int
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A scope as one node reads it on a tick: the cluster's committed usage, the limits,
+    this node's grant, the figures' epoch (bumped by every rebuild) and a rebuild running."""
+
+    used_bytes: int
+    used_inodes: int
+    limit_bytes: int
+    limit_inodes: int
+    held_bytes: int
+    held_inodes: int
+    epoch: int
+    rebuild: Rebuild | None
+    vfolders: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, values: list[Any]) -> Figures:
+        ub, ui, lb, li, hb, hi, epoch, rebuild, flat = values
+        vfolders: dict[str, list[int]] = {}
+        for key, value in zip(flat[::2], flat[1::2], strict=True):
+            hex_, _, which = _text(key).rpartition(":")
+            vfolders.setdefault(hex_, [0, 0])[which == "i"] = int(value)
+        return cls(int(ub), int(ui), int(lb), int(li), int(hb), int(hi), int(epoch),
+                   _rebuild(_text(rebuild)), vfolders)
+
+
+@dataclass(slots=True)
+class Commit:
+    """One commit of a node: sent as it is until Redis has answered it."""
+
+    seq: int
+    epoch: int
+    bytes: int = 0
+    inodes: int = 0
+    vfolders: dict[str, list[int]] = field(default_factory=dict)
+
+    def args(self) -> list[Any]:
+        flat: list[Any] = []
+        for hex_, (b, i) in sorted(self.vfolders.items()):
+            flat += [hex_, b, i]
+        return [self.seq, self.epoch, self.bytes, self.inodes, *flat]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _rebuild(text: str) -> Rebuild | None:
+    parts = text.split()
+    return Rebuild(parts[0], int(parts[1]), parts[2]) if len(parts) == 3 else None
+
+
+@dataclass(frozen=True, slots=True)
 class GrantPolicy:
     lease_ms: int = 10_000
     min_bytes: int = DEFAULT_MIN_BYTES
@@ -153,8 +129,8 @@ class GrantPolicy:
 
 
 class SharedScopes:
-    """One node's view of the scopes on Redis; every call is one round trip (blocking:
-    call it from a worker thread)."""
+    """One node's view of the scopes of one volume on Redis; every call is one round trip
+    (blocking: call it from a worker thread)."""
 
     def __init__(self, client: redis.Redis, node: str, policy: GrantPolicy | None = None,
                  prefix: str = "fusegw") -> None:
@@ -162,50 +138,133 @@ class SharedScopes:
         self.node = node
         self.policy = policy or GrantPolicy()
         self.prefix = prefix
-        self._acquire = client.register_script(_ACQUIRE)
-        self._commit = client.register_script(_COMMIT)
-        self._release = client.register_script(_RELEASE)
-        self._describe = client.register_script(_DESCRIBE)
+        self.calls = 0  # round trips made, for the benchmark and GET /
+        self._scripts = {name: client.register_script(getattr(scripts, name))
+                         for name in ("ACQUIRE", "TICK", "READ", "DESCRIBE", "INIT", "BEGIN",
+                                      "ACK", "EXTEND", "REBASE", "ABORT", "HEARTBEAT")}
 
-    def _keys(self, scope: str) -> tuple[str, str, str]:
-        base = f"{self.prefix}:{{{scope}}}"
-        return f"{base}:scope", f"{base}:grants", f"{base}:seq"
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def nodes_key(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def _keys(self, scope: str, *names: str) -> list[str]:
+        return [f"{self.prefix}:{{{scope}}}:{name}" for name in names]
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        self.calls += 1
+        return self._scripts[name](keys=keys, args=args)
+
+    # -- limits and figures ---------------------------------------------------------------------
 
     def set_limits(self, scope: str, limit_bytes: int, limit_inodes: int) -> None:
-        self.client.hset(self._keys(scope)[0],
+        self.calls += 1
+        self.client.hset(self._keys(scope, "scope")[0],
                          mapping={"limit_bytes": limit_bytes, "limit_inodes": limit_inodes})
+
+    def init(self, scope: str, used_bytes: int, used_inodes: int, limit_bytes: int,
+             limit_inodes: int) -> bool:
+        """Give a new scope its first figures; False if it had some (another node's)."""
+        return bool(self._run("INIT", self._keys(scope, "scope", "vfolders"),
+                              [used_bytes, used_inodes, limit_bytes, limit_inodes]))
+
+    def read(self, scope: str) -> Figures:
+        return Figures.parse(self._run("READ", self._keys(scope, "scope", "grants", "vfolders"),
+                                       [self.node]))
+
+    def read_all(self, names: list[str]) -> dict[str, Figures]:
+        """Every scope named, in one round trip."""
+        self.calls += 1
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            self._scripts["READ"](keys=self._keys(name, "scope", "grants", "vfolders"),
+                                  args=[self.node], client=pipe)
+        return {n: Figures.parse(v) for n, v in zip(names, pipe.execute(), strict=True)}
+
+    def initialized(self, scope: str) -> bool:
+        self.calls += 1
+        return bool(self.client.hexists(self._keys(scope, "scope")[0], "epoch"))
+
+    def describe(self, scope: str) -> SharedFigures:
+        values = self._run("DESCRIBE", self._keys(scope, "scope", "grants"), [])
+        return SharedFigures(*(int(v) for v in values))
+
+    # -- grants and commits ---------------------------------------------------------------------
 
     def acquire(self, scope: str, want_bytes: int, want_inodes: int) -> Grant:
         """A grant of at least what is wanted now (or nothing, if the room is short)."""
         p = self.policy
-        scope_key, grants, _ = self._keys(scope)
-        gb, gi, hb, hi = self._run(self._acquire, [scope_key, grants],
-                                   [self.node, want_bytes, want_inodes, 0,
-                                    p.lease_ms, p.min_bytes, p.min_inodes, p.max_bytes,
-                                    p.max_inodes])
-        return Grant(gb, gi, hb, hi)
+        values = self._run("ACQUIRE", self._keys(scope, "scope", "grants"),
+                           [self.node, want_bytes, want_inodes, p.lease_ms,
+                            p.min_bytes, p.min_inodes, p.max_bytes, p.max_inodes])
+        return Grant(*(int(v) for v in values))
 
-    def commit(self, scope: str, seq: int, delta_bytes: int, delta_inodes: int,
-               spent_bytes: int, spent_inodes: int) -> bool:
-        """Add what the node's changes allocated (negative: freed) and take what they spent
-        off its grant; False if commit `seq` of this node was applied already."""
-        keys = list(self._keys(scope))
-        applied = self._run(self._commit, keys,
-                            [self.node, seq, delta_bytes, delta_inodes, spent_bytes,
-                             spent_inodes, 0, self.policy.lease_ms])
-        return bool(applied)
+    def tick(self, scope: str, commit: Commit | None, release: bool) -> tuple[int, Figures]:
+        """Commit (if any), drop the grant (`release`) or renew its lease, read the figures.
+        The status: 1 applied (or nothing to commit), 0 applied before, -1 refused because a
+        rebuild replaced the figures it was counted against."""
+        args = commit.args() if commit else [0, 0, 0, 0]
+        values = self._run("TICK", self._keys(scope, "scope", "grants", "seq", "vfolders"),
+                           [self.node, *args[:4], int(release), self.policy.lease_ms,
+                            *args[4:]])
+        return int(values[0]), Figures.parse(values[1:])
 
-    def release(self, scope: str, nbytes: int, ninodes: int) -> tuple[int, int]:
-        """Give back part of the grant; what the node still holds."""
-        held = self._run(self._release, [self._keys(scope)[1]],
-                         [self.node, nbytes, ninodes, 0, self.policy.lease_ms])
-        return int(held[0]), int(held[1])
+    # -- rebuilds -------------------------------------------------------------------------------
 
-    def describe(self, scope: str) -> SharedFigures:
-        scope_key, grants, _ = self._keys(scope)
-        values = self._run(self._describe, [scope_key, grants], [])
-        return SharedFigures(*(int(v) for v in values))
+    def _stop_args(self, outbox: Commit | None, pending: tuple[int, int]) -> list[Any]:
+        return [outbox.seq if outbox else 0, outbox.bytes if outbox else 0,
+                outbox.inodes if outbox else 0, *pending]
 
-    @staticmethod
-    def _run(script: Any, keys: list[str], args: list[Any]) -> Any:
-        return script(keys=keys, args=args)
+    def begin(self, scope: str, outbox: Commit | None, pending: tuple[int, int]
+              ) -> tuple[bool, int]:
+        """Claim the scope's rebuild (False: another node's runs) and its new epoch; this
+        node counts as stopped, its uncommitted changes taken off its grant."""
+        began, epoch = self._run("BEGIN", self._keys(scope, "scope", "grants", "seq", "held"),
+                                 [self.node, self.policy.lease_ms,
+                                  *self._stop_args(outbox, pending)])
+        return bool(began), int(epoch)
+
+    def ack(self, scope: str, epoch: int, outbox: Commit | None, pending: tuple[int, int]
+            ) -> bool:
+        """Tell the rebuilder this node has stopped changing the scope; False if the rebuild
+        no longer waits (or is over)."""
+        return bool(self._run("ACK", self._keys(scope, "scope", "grants", "seq", "held"),
+                              [self.node, epoch, self.policy.lease_ms,
+                               *self._stop_args(outbox, pending)]))
+
+    def extend(self, scope: str, epoch: int, phase: str) -> set[str] | None:
+        """Renew this node's rebuild claim; the nodes stopped for it (None: claim lost)."""
+        held = self._run("EXTEND", self._keys(scope, "scope", "held"),
+                         [self.node, epoch, self.policy.lease_ms, phase])
+        return None if held is None else {_text(n) for n in held}
+
+    def rebase(self, scope: str, epoch: int, used_bytes: int, used_inodes: int,
+               vfolders: dict[str, list[int]]) -> bool:
+        flat: list[Any] = []
+        for hex_, (b, i) in sorted(vfolders.items()):
+            flat += [hex_, b, i]
+        return bool(self._run("REBASE", self._keys(scope, "scope", "vfolders", "held"),
+                              [self.node, epoch, used_bytes, used_inodes, *flat]))
+
+    def abort(self, scope: str) -> None:
+        self._run("ABORT", self._keys(scope, "scope"), [self.node])
+
+    # -- nodes and events -----------------------------------------------------------------------
+
+    def heartbeat(self) -> tuple[int, dict[str, int]]:
+        """This node is alive for another lease. Redis's clock (ms) and every node's
+        heartbeat expiry on it: a node past its expiry has vanished."""
+        now, flat = self._run("HEARTBEAT", [self.nodes_key], [self.node, self.policy.lease_ms])
+        return int(now), {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+    def forget_node(self, node: str) -> bool:
+        """Take a node off the list; True for the one caller that did (it adopts its marks)."""
+        self.calls += 1
+        return bool(self.client.hdel(self.nodes_key, node))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.calls += 1
+        self.client.publish(self.channel, json.dumps(dict(event, node=self.node)))

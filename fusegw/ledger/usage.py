@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Protocol
 
 import trio
 
@@ -47,6 +48,12 @@ def leaves_with_name(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1
 
 
+class Journal(Protocol):
+    """Told of every charge (the shared ledger commits them to Redis)."""
+
+    def record(self, hex_: str | None, nbytes: int, ninodes: int, vf_inodes: int) -> None: ...
+
+
 class ScopeUsage:
     """One quota scope: limits, usage, growth reserved by changes in flight, and whether its
     figures are being rebuilt.
@@ -80,6 +87,7 @@ class ScopeUsage:
         self.dirty = False
         self.generation = 0  # bumped by every change; a rebuild that saw it move scans again
         self.last_change = 0.0
+        self.journal: Journal | None = None
 
     @property
     def rebuilding(self) -> bool:
@@ -114,6 +122,10 @@ class ScopeUsage:
     def reserve(self, nbytes: int, ninodes: int) -> None:
         """Admit growth (QuotaExceeded beyond a limit) and hold it until `unreserve`."""
         self.check_growth(nbytes, ninodes)
+        self.hold(nbytes, ninodes)
+
+    def hold(self, nbytes: int, ninodes: int) -> None:
+        """Hold growth admitted elsewhere (against a shared ledger's grant)."""
         self.reserved_bytes += max(0, nbytes)
         self.reserved_inodes += max(0, ninodes)
         self.inflight += 1
@@ -140,9 +152,13 @@ class ScopeUsage:
         """Add a change's bytes and inodes; `vf_root`: the entry is its vfolder's root."""
         self.used_bytes += nbytes
         self.used_inodes += ninodes
+        vf_inodes = vfolder_share(vf_root, ninodes)
         if vf is not None:
             vf.used_bytes += nbytes
-            vf.used_inodes += vfolder_share(vf_root, ninodes)
+            vf.used_inodes += vf_inodes
+        if self.journal is not None:
+            self.journal.record(vf.hex if vf else None, nbytes, ninodes,
+                                vf_inodes if vf else 0)
 
     def set_figures(self, used_bytes: int, used_inodes: int,
                     vfolders: dict[str, list[int]]) -> None:

@@ -8,12 +8,17 @@ and disk as they were.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from fusegw.ids import QuotaScopeID
 from fusegw.state.store import StateDir, VolumeWriteError
 
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = "registry.lock"
 
 
 @dataclass(slots=True)
@@ -24,9 +29,28 @@ class ScopeRecord:
 
 
 class Registry:
-    def __init__(self, state: StateDir) -> None:
+    """`shared`: other nodes' gateways change the file too (the shared ledger). Then every
+    change is made under an exclusive lock on the volume, to the file as it is on disk."""
+
+    def __init__(self, state: StateDir, shared: bool = False) -> None:
         self._state = state
+        self.shared = shared
         self.scopes: dict[str, ScopeRecord] = {}
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change: on a shared volume, hold the lock and start from the disk."""
+        if not self.shared:
+            yield
+            return
+        fd = os.open(self._state.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.load()
+            yield
+        finally:
+            os.close(fd)
 
     def load(self) -> None:
         data = self._state.read(REGISTRY_FILE) or {}
@@ -39,18 +63,21 @@ class Registry:
 
     def put(self, record: ScopeRecord) -> None:
         """Add or replace a scope's record, durably."""
-        self.save(dict(self.scopes, **{record.qsid.pathname: record}))
+        with self._changing():
+            self.save(dict(self.scopes, **{record.qsid.pathname: record}))
 
     def set_limits(self, pathname: str, limit_bytes: int, limit_inodes: int) -> ScopeRecord:
         """Change a registered scope's limits, durably; the new record."""
-        record = replace(self.scopes[pathname], limit_bytes=limit_bytes,
-                         limit_inodes=limit_inodes)
-        self.put(record)
+        with self._changing():
+            record = replace(self.scopes[pathname], limit_bytes=limit_bytes,
+                             limit_inodes=limit_inodes)
+            self.save(dict(self.scopes, **{pathname: record}))
         return record
 
     def remove(self, pathname: str) -> None:
         """Forget a scope, durably."""
-        self.save({p: r for p, r in self.scopes.items() if p != pathname})
+        with self._changing():
+            self.save({p: r for p, r in self.scopes.items() if p != pathname})
 
     def save(self, scopes: dict[str, ScopeRecord] | None = None) -> None:
         """Write `scopes` (default: the current ones), then make them the current ones."""

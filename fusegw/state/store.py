@@ -14,16 +14,19 @@ import errno
 import json
 import logging
 import os
+import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.atomic import remove_durably, write_atomic
+from backends.atomic import fsync_directory, remove_durably, write_atomic
 from fusegw.errors import GatewayError, VolumeRefused
 
 STATE_FORMAT = 1
 FILE_MODE = 0o600  # the gateway's own: root only
+VOLUME_ID_FILE = "volume-id"
 
 log = logging.getLogger("fusegw.state")
 
@@ -96,6 +99,37 @@ class StateDir:
                 raise VolumeWriteError(str(self.path / "FORMAT"), e) from None
             log.warning("cannot write %s (%s); written at a later start",
                         self.path / "FORMAT", e.strerror)
+
+    def below(self, *parts: str) -> StateDir:
+        """The state of one node of a shared volume, in its own directory below this one
+        (made if missing): its files are written by it alone."""
+        sub = StateDir(self.path.parent)
+        sub.path = self.path.joinpath(*parts)
+        try:
+            sub.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise VolumeWriteError(str(sub.path), e) from None
+        return sub
+
+    def volume_id(self) -> str:
+        """The volume's identity, the same for every node that mounts it (the shared
+        ledger's key prefix on Redis): made once, by whichever node is first, with link(2),
+        which fails for all but one of them."""
+        path = self.path / VOLUME_ID_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        tmp = path.with_name(f".{VOLUME_ID_FILE}.{secrets.token_hex(6)}.tmp")
+        write_atomic(tmp, f"{uuid.uuid4()}\n".encode(), FILE_MODE)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        fsync_directory(self.path)
+        return path.read_text().strip()
 
     # -- reading ------------------------------------------------------------------------------
 
