@@ -32,18 +32,23 @@ class RedisServer:
         return f"redis://{host}:{self.port}/0"
 
 
-def start_redis(workdir: Path, extra_bind: str | None = None) -> RedisServer:
+def start_redis(workdir: Path, extra_bind: str | None = None, port: int | None = None,
+                persist: bool = False) -> RedisServer:
     """A redis-server on 127.0.0.1 and, given `extra_bind`, that address too (a NetLab's
     bridge address, tests/netns.py). Protected mode is off then: without a password it would
-    refuse every client not on loopback, which is all a namespace's clients are."""
+    refuse every client not on loopback, which is all a namespace's clients are. `persist`:
+    an append-only file fsynced per write in `workdir`, so a server started again there (on
+    the same `port`) has the data, as a production Redis would."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: `make install` installs the Debian package"
-    port = free_port()
+    port = port or free_port()
     bind = ["--bind", "127.0.0.1"]
     if extra_bind is not None:
         bind += [extra_bind, "--protected-mode", "no"]
-    return _started([binary, "--port", str(port), *bind, "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir)], port,
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else [
+        "--appendonly", "no"]
+    return _started([binary, "--port", str(port), *bind, "--save", "", *aof,
+                     "--dir", str(workdir)], port,
                     lambda c: bool(c.ping()), "redis-server answering")
 
 

@@ -332,7 +332,9 @@ class RedisLedger(Ledger):
             grant.granted(figures.held_bytes, figures.held_inodes, asked)
             grant.reclaim = False if release else grant.reclaim
             self.apply(scope, figures)
-        if status < 0 and self._rebuilds is not None:
+        if (status < 0 or not figures.epoch) and self._rebuilds is not None:
+            if not figures.epoch:  # Redis lost the scope (restarted without its data)
+                log.warning("scope missing on Redis scope=%s: rebuilding it", scope.qsid)
             self._rebuilds.request(scope)
         rebuild = figures.rebuild
         if (rebuild is not None and rebuild.node != self.node and rebuild.phase == "hold"
