@@ -33,7 +33,7 @@ class RedisServer:
 
 
 def start_redis(workdir: Path, extra_bind: str | None = None, port: int | None = None,
-                persist: bool = False) -> RedisServer:
+                persist: bool = False, extra: tuple[str, ...] = ()) -> RedisServer:
     """A redis-server on 127.0.0.1 and, given `extra_bind`, that address too (a NetLab's
     bridge address, tests/netns.py). Protected mode is off then: without a password it would
     refuse every client not on loopback, which is all a namespace's clients are. `persist`:
@@ -48,7 +48,7 @@ def start_redis(workdir: Path, extra_bind: str | None = None, port: int | None =
     aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else [
         "--appendonly", "no"]
     return _started([binary, "--port", str(port), *bind, "--save", "", *aof,
-                     "--dir", str(workdir)], port,
+                     "--dir", str(workdir), *extra], port,
                     lambda c: bool(c.ping()), "redis-server answering")
 
 
@@ -80,7 +80,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     stop(server)
 
 
-def start_sentinel(workdir: Path, master: RedisServer, service: str) -> RedisServer:
+def start_sentinel(workdir: Path, master: RedisServer, service: str,
+                   down_after_ms: int = 5000) -> RedisServer:
     """A Redis Sentinel (the same binary, `--sentinel`) watching `master` as `service`."""
     binary = shutil.which("redis-server")
     assert binary
@@ -88,7 +89,8 @@ def start_sentinel(workdir: Path, master: RedisServer, service: str) -> RedisSer
     conf = workdir / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one of its own
     conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
                     f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
-                    f"sentinel down-after-milliseconds {service} 5000\n")
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                    f"sentinel failover-timeout {service} {max(2 * down_after_ms, 3000)}\n")
     return _started([binary, str(conf), "--sentinel"], port,
                     lambda c: bool(c.execute_command(  # type: ignore[no-untyped-call]
                         "SENTINEL", "get-master-addr-by-name", service)),

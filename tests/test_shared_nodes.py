@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import du_bytes, scope_hex, wait_for
-from redis_fixture import start_redis, stop
-from shared_nodes import MiB, TEST_LEASE, Cluster, cluster, fill, shared_redis
+from redis_fixture import RedisServer, start_redis, start_sentinel, stop
+from shared_nodes import Cluster, MiB, cluster, fill, shared_redis
 from test_quota import run_in_threads
 
 __all__ = ["cluster", "shared_redis"]
@@ -211,3 +211,60 @@ def test_the_local_ledger_still_refuses_a_second_gateway(cluster: Cluster) -> No
     finally:
         subprocess.run(["fusermount3", "-u", str(base / "l1.mnt")], capture_output=True)
         wait_for(lambda: not os.path.ismount(base / "l1.mnt"), 15, "l1 unmounted")
+
+
+def test_a_sentinel_failover_is_followed(cluster: Cluster, tmp_path: Path) -> None:
+    """redis+sentinel:// as Backend.AI deploys Redis: the master is killed, a real Sentinel
+    promotes its replica, and the gateways go on with the new master: new writes are
+    admitted and every node's figure is du's again."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "r").mkdir()
+    master = start_redis(tmp_path / "m", persist=True)
+    replica = start_redis(tmp_path / "r", persist=True,
+                          extra=("--replicaof", "127.0.0.1", str(master.port)))
+    sentinel = start_sentinel(tmp_path, master, "fgw", down_after_ms=1000)
+    try:
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/fgw/0"
+        a = cluster.node("a", redis_url=url)
+        b = cluster.node("b", redis_url=url)
+        qsid, rel = cluster.scope(256 * MiB)
+        (a.mountpoint / rel / "before").write_bytes(os.urandom(2 * MiB))
+        cluster.converged(qsid)
+        # replication is asynchronous: the test waits for it, as a failover in production
+        # would lose the last commits otherwise (README: Known limits)
+        wait_for(lambda: replica.client().hget(*_scope_key(master, qsid)) is not None, 10,
+                 "the replica to have the scope")
+        wait_for(lambda: _replicated(master, replica), 10, "the replica to catch up")
+        stop(master)
+        wait_for(lambda: replica.client().info("replication")["role"] == "master", 30,
+                 "Sentinel to promote the replica")
+        wait_for(lambda: _writes(b.mountpoint / rel / "after"), 30,
+                 "a write admitted on the new master")
+        used = cluster.converged(qsid)
+        assert used >= 2 * MiB + 2 * MiB
+    finally:
+        cluster.stop_all()
+        for server in (sentinel, replica, master):
+            stop(server)
+
+
+def _scope_key(server: RedisServer, qsid: str) -> tuple[str, str]:
+    keys = [k.decode() for k in server.client().keys("fusegw:*:scope")
+            if scope_hex(qsid) in k.decode()]
+    assert keys, "the scope is not on the master"
+    return keys[0], "used_bytes"
+
+
+def _replicated(master: RedisServer, replica: RedisServer) -> bool:
+    offset = master.client().info("replication")["master_repl_offset"]
+    return bool(replica.client().info("replication").get("slave_repl_offset", -1) >= offset)
+
+
+def _writes(path: Path) -> bool:
+    try:
+        path.write_bytes(os.urandom(2 * MiB))
+    except OSError as e:
+        if e.errno != errno.EAGAIN:  # Redis not answering yet: try again, as EAGAIN says
+            raise
+        return False
+    return True

@@ -228,11 +228,12 @@ class SharedRebuilds:
             try:
                 await ledger.call(pubsub.subscribe, ledger.shared.channel)
                 await self._dispatch({"kind": "scopes", "node": ""})  # what was missed
-                while True:
-                    message = await ledger.call(pubsub.get_message, True, 1.0)
+                while True:  # not call(): a wait that times out says nothing of Redis
+                    message = await trio.to_thread.run_sync(pubsub.get_message, True, 1.0,
+                                                            abandon_on_cancel=True)
                     if message is not None:
                         await self._dispatch(json.loads(message["data"]))
-            except redis.RedisError:
+            except (redis.RedisError, OSError):
                 await trio.sleep(RETRY_SUBSCRIBE)
             except Exception:  # a bug: say so and go on
                 log.exception("shared ledger events")

@@ -88,6 +88,7 @@ class RedisLedger(Ledger):
         self._nursery: trio.Nursery | None = None
         self._last_tick = 0.0
         self._rebuilds: SharedRebuilds | None = None  # set by run()
+        self._resync = False
 
     @property
     def node(self) -> str:
@@ -113,6 +114,7 @@ class RedisLedger(Ledger):
             log.warning("shared ledger reachable again after %.1fs",
                         time.monotonic() - self.unreachable_since)
             self.unreachable_since = None
+            self._resync = True  # events published meanwhile may not have reached this node
         return result
 
     async def call_until(self, deadline: float, fn: Callable[..., T], *args: Any) -> T:
@@ -305,6 +307,9 @@ class RedisLedger(Ledger):
 
     async def tick(self) -> None:
         self.redis_now_ms, self.nodes = await self.call(self.shared.heartbeat)
+        if self._resync and "scopes" in self.handlers:
+            self._resync = False
+            await self.handlers["scopes"]({"kind": "scopes"})
         for pathname in list(self.grants):
             scope = self.scopes.get(pathname)
             if scope is not None and not scope.rebuilding:
