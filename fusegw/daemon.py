@@ -140,6 +140,8 @@ class Gateway:
             "scans": dict(self.ledger.scans),
             "fuse_requests": dict(REQUESTS),
             "syscalls": self._syscalls(),
+            "ledger": (self.ledger.report() if isinstance(self.ledger, RedisLedger)
+                       else {"kind": "local"}),
             **self._persistence(),
         }
 

@@ -268,3 +268,18 @@ def _writes(path: Path) -> bool:
             raise
         return False
     return True
+
+
+def test_status_and_metrics_show_the_shared_ledger(cluster: Cluster) -> None:
+    a = cluster.node("a")
+    qsid, rel = cluster.scope(64 * MiB)
+    (a.mountpoint / rel / "f").write_bytes(os.urandom(MiB))
+    ledger = a.request("GET", "/").json()["ledger"]
+    assert ledger["kind"] == "redis" and ledger["node"] == "a" and ledger["redis"] == "ok"
+    assert ledger["round_trips"] > 0 and ledger["nodes"] == ["a"]
+    assert ledger["grants"][qsid]["bytes"] > 0  # held while it writes, given back when idle
+    metrics = a.request("GET", "/metrics").text
+    assert 'fusegw_shared_ledger_up{volume="shared"} 1.0' in metrics
+    assert "fusegw_shared_ledger_round_trips_total" in metrics
+    wait_for(lambda: not a.request("GET", "/").json()["ledger"]["grants"], 10,
+             "the idle grant to go back")

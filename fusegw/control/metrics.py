@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from fusegw.fs.offload import Offload
 from fusegw.ledger import Ledger
+from fusegw.ledger.redis_ledger import RedisLedger
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -86,6 +87,36 @@ class _SyscallCollector(Collector):
         yield family
 
 
+class _SharedCollector(Collector):
+    """The shared ledger (ledger = "redis"): whether Redis answers, its round trips, the
+    commits, and this node's grant per scope."""
+
+    def __init__(self, ledger: RedisLedger, volume: str) -> None:
+        self.ledger = ledger
+        self.volume = volume
+
+    def collect(self) -> Iterator[Metric]:
+        ledger, volume = self.ledger, self.volume
+        up = GaugeMetricFamily("fusegw_shared_ledger_up", "1 while Redis answers",
+                               labels=["volume"])
+        up.add_metric([volume], 0 if ledger.unreachable_since is not None else 1)
+        trips = CounterMetricFamily("fusegw_shared_ledger_round_trips",
+                                    "Round trips to Redis", labels=["volume"])
+        trips.add_metric([volume], ledger.shared.calls)
+        commits = CounterMetricFamily("fusegw_shared_ledger_commits",
+                                      "Commits of this node's usage", labels=["volume", "result"])
+        commits.add_metric([volume, "applied"], ledger.commits - ledger.refused_commits)
+        commits.add_metric([volume, "refused"], ledger.refused_commits)
+        grants = GaugeMetricFamily("fusegw_shared_grant_bytes",
+                                   "Bytes of the scope's room this node holds as its grant",
+                                   labels=["volume", "qsid"])
+        for pathname, grant in ledger.grants.items():
+            scope = ledger.scopes.get(pathname)
+            if scope is not None:
+                grants.add_metric([volume, str(scope.qsid)], grant.held_bytes)
+        yield from (up, trips, commits, grants)
+
+
 class Metrics:
     def __init__(self, ledger: Ledger, volume: str,
                  fuse_requests: Mapping[str, int] | None = None,
@@ -100,6 +131,8 @@ class Metrics:
             self.registry.register(_FuseCollector(fuse_requests, volume))
         if offload is not None:
             self.registry.register(_SyscallCollector(offload, volume))
+        if isinstance(ledger, RedisLedger):
+            self.registry.register(_SharedCollector(ledger, volume))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -194,6 +194,21 @@ class RedisLedger(Ledger):
             grant.epoch = figures.epoch
         grant.show(scope)
 
+    def report(self) -> dict[str, Any]:
+        """`GET /` → `ledger`: this node on the shared ledger."""
+        since = self.unreachable_since
+        return {"kind": "redis", "node": self.node, "prefix": self.shared.prefix,
+                "redis": "ok" if since is None else "unreachable",
+                "unreachable_seconds": None if since is None else
+                round(time.monotonic() - since, 3),
+                "round_trips": self.shared.calls, "commits": self.commits,
+                "refused_commits": self.refused_commits,
+                "nodes": sorted(n for n, exp in self.nodes.items() if exp >= self.redis_now_ms),
+                "grants": {str(s.qsid): {"bytes": g.held_bytes, "inodes": g.held_inodes}
+                           for p, g in self.grants.items()
+                           if (s := self.scopes.get(p)) is not None
+                           and (g.held_bytes or g.held_inodes)}}
+
     # -- start: what to rebuild -------------------------------------------------------------------
 
     def load(self) -> list[ScopeUsage]:
