@@ -124,6 +124,11 @@ class ScopeGrant:
             return False
         return self.reclaim or now - self.last_growth >= idle_after
 
+    def busy(self) -> bool:
+        """Whether a tick has more to do than read: a commit to send, a grant to renew."""
+        return bool(self.outbox is not None or not self.pending.empty() or self.held_bytes
+                    or self.held_inodes)
+
     def show(self, scope: ScopeUsage) -> None:
         """The figures of `scope` as this node serves them: Redis's and its own uncommitted."""
         base = self.base

@@ -55,6 +55,7 @@ NUDGE_SECONDS = 0.02  # the least time between two ticks that a close or fsync a
 IDLE_SECONDS = 1.0  # a grant not spent from for this long goes back
 RECLAIM_SECONDS = 1.0  # how long growth refused for want of room waits for others' grants
 RETRY_SECONDS = 0.2  # between attempts while Redis does not answer
+READ_BATCH = 512  # scopes read in one pipelined round trip
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -325,10 +326,16 @@ class RedisLedger(Ledger):
         if self._resync and "scopes" in self.handlers:
             self._resync = False
             await self.handlers["scopes"]({"kind": "scopes"})
-        for pathname in list(self.grants):
+        quiet: list[ScopeUsage] = []
+        for pathname, grant in list(self.grants.items()):
             scope = self.scopes.get(pathname)
-            if scope is not None and not scope.rebuilding:
+            if scope is None or scope.rebuilding:
+                continue
+            if grant.busy():
                 await self.tick_scope(scope)
+            else:
+                quiet.append(scope)
+        await self._read_quiet(quiet)
         if self._rebuilds is not None:
             await self._rebuilds.adopt_vanished()
 
@@ -352,6 +359,22 @@ class RedisLedger(Ledger):
             grant.granted(figures.held_bytes, figures.held_inodes, asked)
             grant.reclaim = False if release else grant.reclaim
             self.apply(scope, figures)
+        self._follow(scope, status, figures)
+
+    async def _read_quiet(self, scopes: list[ScopeUsage]) -> None:
+        """The figures of scopes this node neither changes nor holds a grant in: read in
+        one round trip per READ_BATCH, so a thousand idle scopes cost a tick one call."""
+        for start in range(0, len(scopes), READ_BATCH):
+            batch = scopes[start:start + READ_BATCH]
+            figures = await self.call(self.shared.read_all, [s.pathname for s in batch])
+            for scope in batch:
+                if scope.pathname in self.grants and not scope.rebuilding:
+                    self.apply(scope, figures[scope.pathname])
+                    self._follow(scope, 1, figures[scope.pathname])
+
+    def _follow(self, scope: ScopeUsage, status: int, figures: Figures) -> None:
+        """What the figures ask of this node: a rebuild (a commit refused, a scope Redis
+        lost) or a stop for another node's rebuild."""
         if (status < 0 or not figures.epoch) and self._rebuilds is not None:
             if not figures.epoch:  # Redis lost the scope (restarted without its data)
                 log.warning("scope missing on Redis scope=%s: rebuilding it", scope.qsid)
