@@ -221,7 +221,11 @@ class RedisLedger(Ledger):
             log.warning("%s: every scope is rebuilt", e)
             marks = set(self.scopes)
         self._disk_marks = frozenset(marks)
-        figures = self.shared.read_all(sorted(self.scopes))
+        try:
+            figures = self.shared.read_all(sorted(self.scopes))
+        except (redis.RedisError, OSError) as e:
+            raise SharedLedgerUnavailable(f"shared ledger: Redis does not answer ({e}): start "
+                                          "it, or fix redis_url") from None
         need = []
         for pathname, scope in self.scopes.items():
             self.apply(scope, figures[pathname])
