@@ -2,10 +2,11 @@
 example) on the same disk, in one run; medians of interleaved repetitions, as ratios and
 absolute figures, written to bench/results/ as JSON and markdown.
 
-    .venv/bin/python bench/run.py [--quick] [--only concurrency]
+    .venv/bin/python bench/run.py [--quick] [--only concurrency|shared]
 
 `--only concurrency` runs only the concurrent workloads of bench/concurrency.py (results in
-bench/results/concurrency-{quick,full}.*, the whole-run files left alone).
+bench/results/concurrency-{quick,full}.*, the whole-run files left alone); `--only shared`
+the shared ledger on Redis, bench/shared_ledger.py (bench/results/shared-{quick,full}.*).
 
 Needs root (mounts, drop_caches), fio, and network access to PyPI once (the example is taken
 from pyfuse3's source distribution into bench/.cache/).
@@ -33,6 +34,7 @@ import concurrency
 import httpx
 import psutil
 import pyfuse3
+import shared_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -217,6 +219,8 @@ def run(quick: bool, only: str | None = None) -> dict[str, Any]:
     n_dir = 20_000 if quick else 100_000
     n_rescan = 50_000 if quick else 200_000
     data_size = "128M" if quick else "1G"
+    if only == "shared":  # gateways and a redis-server of its own
+        return {"shared": shared_ledger.run(quick)}
     WORK.mkdir(parents=True, exist_ok=True)
     gw = Gateway("gw")
     for leftover in (gw.mnt, WORK / "example.mnt"):
@@ -390,6 +394,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """The issues' targets: (target, measured, met)."""
     concurrent = concurrency.targets(r["concurrency"]) if "concurrency" in r else []
+    concurrent += shared_ledger.targets(r["shared"]) if "shared" in r else []
     if "data" not in r:  # a --only run
         return concurrent
     d, m, e = r["data"], r["metadata"], r["enforcement"]
@@ -433,6 +438,8 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
         lines += [""]
     if "concurrency" in r:
         lines += [*concurrency.markdown_lines(r["concurrency"]), ""]
+    if "shared" in r:
+        lines += [*shared_ledger.markdown_lines(r["shared"]), ""]
     lines += ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets(r)]
     if "fuse_requests_per_file" in r:
@@ -447,7 +454,7 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes, fewer repetitions")
-    parser.add_argument("--only", choices=["concurrency"], help="run only this phase "
+    parser.add_argument("--only", choices=["concurrency", "shared"], help="run only this phase "
                         "(results to bench/results/PHASE-{quick,full}.*)")
     parser.add_argument("--report", type=Path, help="only rewrite the markdown of a results "
                         "JSON file")
