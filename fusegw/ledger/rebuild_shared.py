@@ -66,15 +66,22 @@ async def rebuild_scope(ledger: RedisLedger, scope: ScopeUsage) -> None:
             # another node's rebuild runs: stop for it; its scan counts this node's changes
             if await _stop_and_wait(ledger, scope, epoch):
                 log.info("rebuild covered by another node's scope=%s", scope.qsid)
+                if scope.pathname in ledger.stale_grants:  # counted by that scan: give back
+                    ledger.stale_grants.discard(scope.pathname)
+                    await ledger.call_patiently(ledger.shared.drop, scope.pathname,
+                                                ledger.node)
                 return
         await ledger.announce({"kind": "hold", "scope": scope.pathname, "epoch": epoch})
-        missing = await _wait_for_nodes(ledger, scope, epoch)
+        missing, live = await _wait_for_nodes(ledger, scope, epoch)
+        if scope.pathname in ledger.stale_grants:  # this node's grant from before a crash
+            live.discard(ledger.node)
+            ledger.stale_grants.discard(scope.pathname)
         result = await _scan_claimed(ledger, scope, epoch)
         if result is None:
             return
         done = await ledger.call_patiently(ledger.shared.rebase, scope.pathname, epoch,
                                            result.used_bytes, result.used_inodes,
-                                           result.vfolders)
+                                           result.vfolders, live)
         await ledger.announce({"kind": "resume", "scope": scope.pathname})
         if done:
             ledger.apply(scope, await ledger.call_patiently(ledger.shared.read, scope.pathname))
@@ -92,22 +99,24 @@ async def rebuild_scope(ledger: RedisLedger, scope: ScopeUsage) -> None:
         ledger.flush(force=True)
 
 
-async def _wait_for_nodes(ledger: RedisLedger, scope: ScopeUsage, epoch: int) -> set[str]:
+async def _wait_for_nodes(ledger: RedisLedger, scope: ScopeUsage, epoch: int
+                          ) -> tuple[set[str], set[str]]:
     """Until every live node has stopped, or a lease has passed (a node that cannot be
-    reached then is not waited for: it rebuilds itself when back). The nodes not waited for."""
+    reached then is not waited for: it rebuilds itself when back). The nodes not waited for,
+    and the live ones (this one included: the others' grants go back with the scan)."""
     deadline = time.monotonic() + ledger.lease
     while True:
         stopped = await ledger.call_patiently(ledger.shared.extend, scope.pathname, epoch,
                                               "hold") or set()
         now_ms, nodes = await ledger.call_patiently(ledger.shared.heartbeat)
-        live = {n for n, expiry in nodes.items() if expiry >= now_ms} - {ledger.node}
-        missing = live - stopped
+        live = {n for n, expiry in nodes.items() if expiry >= now_ms} | {ledger.node}
+        missing = live - stopped - {ledger.node}
         if not missing:
-            return set()
+            return set(), live
         if time.monotonic() >= deadline:
             log.warning("rebuild goes on without nodes=%s scope=%s: they rebuild it when "
                         "they can reach Redis again", ",".join(sorted(missing)), scope.qsid)
-            return missing
+            return missing, live
         await trio.sleep(POLL_SECONDS)
 
 
@@ -212,8 +221,10 @@ class SharedRebuilds:
             scopes = [ledger.scopes[p] for p in pathnames if p in ledger.scopes]
             log.warning("node vanished node=%s: rebuilding the scopes it marked scopes=%s",
                         node, ",".join(str(s.qsid) for s in scopes))
-            for scope in scopes:
+            for scope in scopes:  # the rebuild gives its grant back
                 self.request(scope)
+            for pathname in set(ledger.scopes) - set(pathnames):  # nothing uncommitted there
+                await ledger.call_patiently(ledger.shared.drop, pathname, node)
             await trio.to_thread.run_sync(_unlink, marks_file)
 
     # -- events -----------------------------------------------------------------------------------

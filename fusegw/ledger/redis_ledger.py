@@ -90,6 +90,7 @@ class RedisLedger(Ledger):
         self._last_tick = 0.0
         self._rebuilds: SharedRebuilds | None = None  # set by run()
         self._resync = False
+        self.stale_grants: set[str] = set()  # scopes whose grant a rebuild gives back
 
     @property
     def node(self) -> str:
@@ -231,6 +232,14 @@ class RedisLedger(Ledger):
             self.apply(scope, figures[pathname])
             if pathname in marks or not figures[pathname].epoch:
                 need.append(scope)
+        # A grant this node held when it stopped may be partly spent by changes it never
+        # committed: where it marked the scope, its rebuild gives the grant back with the
+        # scan; elsewhere nothing is uncommitted and it goes back now.
+        self.stale_grants = {p for p in marks
+                             if p in figures and (figures[p].held_bytes or figures[p].held_inodes)}
+        for pathname, f in figures.items():
+            if pathname not in self.stale_grants and (f.held_bytes or f.held_inodes):
+                self.shared.drop(pathname, self.node)
         return need
 
     # -- admission --------------------------------------------------------------------------------

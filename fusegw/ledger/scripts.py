@@ -10,8 +10,8 @@ Per scope, under one hash tag (a Redis Cluster keeps a scope on one shard):
     <prefix>:{<scope>}:vfolders  hash  <hex>:b, <hex>:i -> each vfolder's usage
     <prefix>:{<scope>}:held      hash  <node> -> the rebuild epoch it has stopped for
 
-Clocks are Redis's (`TIME`), one for every node. A grant whose lease passed is taken back by
-the first script that looks at the grants (`reap`).
+Clocks are Redis's (`TIME`), one for every node. A grant whose lease passed stays counted
+until the disk has been counted without its node (`reap`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ local function clock()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function reap(grants, now)
+  -- every grant out, and the nodes whose lease holds. A grant whose lease passed still counts:
+  -- its node may have written into it without committing, and only a rebuild (which counts
+  -- the disk) or the adoption of the node's marks gives it back (REBASE, DROP)
   local out_b, out_i, nodes = 0, 0, 0
   local all = redis.call('HGETALL', grants)
   for i = 1, #all, 2 do
     local b, n, exp = string.match(all[i + 1], '(%-?%d+) (%-?%d+) (%d+)')
-    if tonumber(exp) < now then
-      redis.call('HDEL', grants, all[i])
-    else
-      out_b, out_i, nodes = out_b + tonumber(b), out_i + tonumber(n), nodes + 1
-    end
+    out_b, out_i = out_b + tonumber(b), out_i + tonumber(n)
+    if tonumber(exp) >= now then nodes = nodes + 1 end
   end
   return out_b, out_i, nodes
 end
@@ -214,17 +214,29 @@ return redis.call('HKEYS', KEYS[2])
 """
 
 REBASE = COMMON + """
--- The rebuild's scan: the scope's figures from now on. KEYS: scope, vfolders, held;
--- ARGV: node, epoch, used_b, used_i, then per vfolder: hex, b, i.  0 if the claim was lost.
+-- The rebuild's scan: the scope's figures from now on. The grants of nodes not alive go back:
+-- what they wrote is in the scan. KEYS: scope, vfolders, held, grants;
+-- ARGV: node, epoch, used_b, used_i, n_live, live nodes..., then per vfolder: hex, b, i.
+-- 0 if the claim was lost.
 local who = rebuild_of(KEYS[1])
 if who ~= ARGV[1] or get(KEYS[1], 'epoch') ~= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'used_bytes', ARGV[3], 'used_inodes', ARGV[4])
 redis.call('DEL', KEYS[2], KEYS[3])
-for i = 5, #ARGV, 3 do
+local live, n = {}, tonumber(ARGV[5])
+for i = 6, 5 + n do live[ARGV[i]] = true end
+for _, holder in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not live[holder] then redis.call('HDEL', KEYS[4], holder) end
+end
+for i = 6 + n, #ARGV, 3 do
   redis.call('HSET', KEYS[2], ARGV[i] .. ':b', ARGV[i + 1], ARGV[i] .. ':i', ARGV[i + 2])
 end
 redis.call('HDEL', KEYS[1], 'rebuild')
 return 1
+"""
+
+DROP = """
+-- KEYS: grants; ARGV: node. A vanished node's grant in a scope it had nothing uncommitted in.
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 ABORT = COMMON + """

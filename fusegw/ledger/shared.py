@@ -6,9 +6,11 @@ spends it with no round trip, and *commits* what its changes allocated on its ne
 (idempotent: a commit carries the node's sequence number and a repeated one is ignored, so a
 commit whose answer was lost is sent again as it was). A grant's size shrinks as the room
 does, to a minimum near the limit, so at most nodes times the minimum can be over the limit at
-once. A grant carries a lease that every tick renews; the first script to run after it
-expired takes it back, so a node that vanished frees its room. The scripts are in
-`fusegw.ledger.scripts`.
+once. A grant carries a lease that every tick renews. A node that vanished stops counting
+among the nodes sharing the room once its lease has passed; its grant stays out until another
+node has counted what it left (it rebuilds the scopes the node had marked dirty and drops its
+grants in the others), so nothing it wrote without committing can be granted again. The
+scripts are in `fusegw.ledger.scripts`.
 
 Every call is one round trip with redis-py's synchronous client, which the gateway confines
 to worker threads (`fusegw.ledger.redis_ledger`): off the FUSE path, grants are asked for
@@ -141,7 +143,7 @@ class SharedScopes:
         self.calls = 0  # round trips made, for the benchmark and GET /
         self._scripts = {name: client.register_script(getattr(scripts, name))
                          for name in ("ACQUIRE", "TICK", "READ", "DESCRIBE", "INIT", "BEGIN",
-                                      "ACK", "EXTEND", "REBASE", "ABORT", "HEARTBEAT")}
+                                      "ACK", "EXTEND", "REBASE", "ABORT", "HEARTBEAT", "DROP")}
 
     @property
     def channel(self) -> str:
@@ -242,12 +244,20 @@ class SharedScopes:
         return None if held is None else {_text(n) for n in held}
 
     def rebase(self, scope: str, epoch: int, used_bytes: int, used_inodes: int,
-               vfolders: dict[str, list[int]]) -> bool:
+               vfolders: dict[str, list[int]], live: set[str]) -> bool:
+        """Set the scan's figures (False: the claim was lost); the grants of nodes not in
+        `live` go back."""
         flat: list[Any] = []
         for hex_, (b, i) in sorted(vfolders.items()):
             flat += [hex_, b, i]
-        return bool(self._run("REBASE", self._keys(scope, "scope", "vfolders", "held"),
-                              [self.node, epoch, used_bytes, used_inodes, *flat]))
+        return bool(self._run("REBASE",
+                              self._keys(scope, "scope", "vfolders", "held", "grants"),
+                              [self.node, epoch, used_bytes, used_inodes, len(live),
+                               *sorted(live), *flat]))
+
+    def drop(self, scope: str, node: str) -> None:
+        """Give back a vanished node's grant (it had nothing uncommitted in the scope)."""
+        self._run("DROP", self._keys(scope, "grants"), [node])
 
     def abort(self, scope: str) -> None:
         self._run("ABORT", self._keys(scope, "scope"), [self.node])
