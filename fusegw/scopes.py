@@ -229,7 +229,9 @@ class ScopeService:
             if scope is None or scope.qsid != rec.qsid:
                 scope = self.ledger.add_scope(rec.qsid, rec.limit_bytes, rec.limit_inodes)
                 await self.ledger.refresh(scope)
-            scope.limit_bytes, scope.limit_inodes = rec.limit_bytes, rec.limit_inodes
+            if (scope.limit_bytes, scope.limit_inodes) != (rec.limit_bytes, rec.limit_inodes):
+                await self.ledger.refresh(scope)  # the shared ledger gives back its grant
+                scope.limit_bytes, scope.limit_inodes = rec.limit_bytes, rec.limit_inodes
             self.native.forget(pathname)
 
     @staticmethod

@@ -190,6 +190,9 @@ class RedisLedger(Ledger):
         figures' epoch too while this node has nothing uncommitted that counts on the old."""
         grant = self.grants[scope.pathname]
         grant.base = figures
+        if (figures.limit_bytes, figures.limit_inodes) != (scope.limit_bytes,
+                                                           scope.limit_inodes):
+            grant.reclaim = True  # a new limit: give back what is unused, take a new share
         scope.limit_bytes, scope.limit_inodes = figures.limit_bytes, figures.limit_inodes
         if (grant.outbox is None and grant.pending.empty() and not scope.inflight
                 and figures.rebuild is None):
