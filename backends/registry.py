@@ -9,7 +9,12 @@ from typing import Any
 from backends.base import QuotaBackend
 from backends.btrfs import BtrfsBackend
 from backends.cephfs import CephFSBackend
-from backends.vfs import PureStorageBackend, VFSBackend
+from backends.gpfs import GPFSBackend
+from backends.netapp import NetAppBackend
+from backends.onefs import OneFSBackend
+from backends.purestorage import PureStorageBackend
+from backends.vfs import VFSBackend
+from backends.weka import WekaBackend
 from backends.xfs import XFSBackend
 
 BACKENDS: dict[str, type[QuotaBackend]] = {
@@ -18,6 +23,11 @@ BACKENDS: dict[str, type[QuotaBackend]] = {
     "xfs": XFSBackend,
     "cephfs": CephFSBackend,
     "purestorage": PureStorageBackend,
+    "netapp": NetAppBackend,
+    "dellemc-onefs": OneFSBackend,
+    "weka": WekaBackend,
+    "gpfs": GPFSBackend,
+    "spectrumscale": GPFSBackend,  # the storage proxy's other name for it
 }
 
 

@@ -116,8 +116,11 @@ class ControlApp:
             status, body = e.status, e.problem(scope["method"], scope["path"])
             # an unread body, or bytes that may be another protocol, follow such a request
             close = isinstance(e, (PayloadTooLarge, ProtocolRefused))
-        except BackendError as e:
-            status, body = 502, BackendFailure(str(e)).problem(scope["method"], scope["path"])
+        except BackendError as e:  # an appliance that refused our input says 4xx (rest.py)
+            status = int(getattr(e, "status", 502))
+            failure = BackendFailure(str(e))
+            failure.status = status
+            body = failure.problem(scope["method"], scope["path"])
         except Exception:  # a bug, never a bad request: keep serving and say so
             log.exception("control request failed")
             status, body = 500, GatewayError("internal error").problem(scope["method"],
