@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEB_PKGS := fuse3 libfuse3-dev pkg-config attr btrfs-progs xfsprogs fio gcc python3-dev \
             libsystemd-dev systemd python3-venv patch
-# Only the tests need these: `make test` installs them (a node gets no Redis from `make install`).
-TEST_DEB_PKGS := redis-server
+# Only the tests need these: `make test` installs them (a node gets no Redis from `make install`);
+# postgresql: the manager's database that tests/postgres_fixture.py starts for the migration.
+TEST_DEB_PKGS := redis-server postgresql
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_TEST_DEB := $(VENV)/.test-deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
@@ -33,11 +34,12 @@ $(STAMP_DEB): Makefile
 	@scripts/apt-install.sh $(DEB_PKGS)
 	@mkdir -p $(VENV) && touch $@
 
-# The package starts a Redis of its own where systemd runs: switched off, the tests start theirs.
+# The packages start a Redis and a PostgreSQL of their own where systemd runs: switched off, the
+# tests start theirs.
 $(STAMP_TEST_DEB): Makefile | $(STAMP_DEB)
 	@dpkg -s $(TEST_DEB_PKGS) >/dev/null 2>&1 || { scripts/apt-install.sh $(TEST_DEB_PKGS) && \
-	  if [ -d /run/systemd/system ]; then systemctl disable --now redis-server.service \
-	    >/dev/null 2>&1 || true; fi; }
+	  if [ -d /run/systemd/system ]; then for unit in redis-server postgresql; do \
+	    systemctl disable --now $$unit.service >/dev/null 2>&1 || true; done; fi; }
 	@touch $@
 
 # Rebuilt when the series, a patch or the script changes; before `pip install -e`, whose
