@@ -58,7 +58,8 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
 
 
 def backend_for(emu: Emulator, **options: Any) -> PureStorageBackend:
-    return PureStorageBackend(Path(emu.proc.args[emu.proc.args.index("--root") + 1]),
+    """A backend for the figures calls (they never touch the volume's directory)."""
+    return PureStorageBackend(Path("/nonexistent-volume"),
                               {**fb.gateway_options(emu.url), **options})
 
 
@@ -188,11 +189,11 @@ def test_bad_api_token_mount_still_serves(tmp_path):
 # -- (2) the exact requests ---------------------------------------------------------------------
 
 
-def test_volume_usage_requests_and_figures(emulator):
+def test_volume_usage_requests_and_figures(emulator, tmp_path):
     """One login (api-token header), then GET file-systems?names=FS in its session
     (x-auth-token); capacity = provisioned, used = space.total_physical (du of the export).
     A second call keeps the session: no second login."""
-    root = Path(emulator.proc.args[emulator.proc.args.index("--root") + 1])
+    root = tmp_path / "volume"  # the emulator's file system
     (root / "f.bin").write_bytes(b"u" * 50_000)
     os.sync()
     first, second = run(backend_for(emulator), usage, usage)
