@@ -2,11 +2,12 @@
 example) on the same disk, in one run; medians of interleaved repetitions, as ratios and
 absolute figures, written to bench/results/ as JSON and markdown.
 
-    .venv/bin/python bench/run.py [--quick] [--only concurrency|shared]
+    .venv/bin/python bench/run.py [--quick] [--only concurrency|shared|migrate]
 
 `--only concurrency` runs only the concurrent workloads of bench/concurrency.py (results in
 bench/results/concurrency-{quick,full}.*, the whole-run files left alone); `--only shared`
-the shared ledger on Redis, bench/shared_ledger.py (bench/results/shared-{quick,full}.*).
+the shared ledger on Redis, bench/shared_ledger.py (bench/results/shared-{quick,full}.*);
+`--only migrate` the v2 -> v3 migration's rate, bench/migrate.py (bench/results/migrate-*).
 
 Needs root (mounts, drop_caches), fio, and network access to PyPI once (the example is taken
 from pyfuse3's source distribution into bench/.cache/).
@@ -32,6 +33,7 @@ from typing import Any
 
 import concurrency
 import httpx
+import migrate
 import psutil
 import pyfuse3
 import shared_ledger
@@ -221,6 +223,8 @@ def run(quick: bool, only: str | None = None) -> dict[str, Any]:
     data_size = "128M" if quick else "1G"
     if only == "shared":  # gateways and a redis-server of its own
         return {"shared": shared_ledger.run(quick)}
+    if only == "migrate":  # generated volumes of its own, no gateway
+        return {"migrate": migrate.run(quick)}
     WORK.mkdir(parents=True, exist_ok=True)
     gw = Gateway("gw")
     for leftover in (gw.mnt, WORK / "example.mnt"):
@@ -395,6 +399,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """The issues' targets: (target, measured, met)."""
     concurrent = concurrency.targets(r["concurrency"]) if "concurrency" in r else []
     concurrent += shared_ledger.targets(r["shared"]) if "shared" in r else []
+    concurrent += migrate.targets(r["migrate"]) if "migrate" in r else []
     if "data" not in r:  # a --only run
         return concurrent
     d, m, e = r["data"], r["metadata"], r["enforcement"]
@@ -440,6 +445,8 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
         lines += [*concurrency.markdown_lines(r["concurrency"]), ""]
     if "shared" in r:
         lines += [*shared_ledger.markdown_lines(r["shared"]), ""]
+    if "migrate" in r:
+        lines += [*migrate.markdown_lines(r["migrate"]), ""]
     lines += ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in targets(r)]
     if "fuse_requests_per_file" in r:
@@ -454,8 +461,8 @@ def markdown(r: dict[str, Any], meta: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes, fewer repetitions")
-    parser.add_argument("--only", choices=["concurrency", "shared"], help="run only this phase "
-                        "(results to bench/results/PHASE-{quick,full}.*)")
+    parser.add_argument("--only", choices=["concurrency", "shared", "migrate"],
+                        help="run only this phase (results to bench/results/PHASE-{quick,full}.*)")
     parser.add_argument("--report", type=Path, help="only rewrite the markdown of a results "
                         "JSON file")
     args = parser.parse_args()

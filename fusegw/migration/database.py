@@ -44,7 +44,8 @@ def read_database(dsn: str, host: str | None = None) -> dict[str, tuple[str, int
     manager names a volume, or a bare volume name (that volume behind any storage proxy).
 
     Rows without a quota scope (none in a manager since 23.03) are left out: the migration then
-    reports their directories as unknown, rather than guessing a scope.
+    reports their directories as unknown, rather than guessing a scope. A max_size of 0 (or
+    below) is no limit, as the manager takes it, and as a `--mapping` file's is.
     """
     dsn = _SQLALCHEMY_PREFIX.sub("postgresql://", dsn.strip())
     params = _parse(dsn)
@@ -162,5 +163,5 @@ def _rows(conn: psycopg.Connection[Any], host: str | None) -> dict[str, tuple[st
         cur.itersize = BATCH
         cur.execute(query, args)
         for fid, qsid, max_size in cur:
-            mapping[fid] = (qsid, max_size)
+            mapping[fid] = (qsid, max_size if max_size is not None and max_size > 0 else None)
     return mapping
