@@ -14,3 +14,5 @@ def setup(level: str = "INFO", path: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    # httpcore's DEBUG trace prints response headers: an appliance's session token with them
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

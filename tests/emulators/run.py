@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
+    here = Path(__file__).parent
+    sys.path[:0] = [str(here), str(here.parent)]  # `common` and `emulators.common` both import
     module = importlib.import_module(args.vendor.replace("-", "_"))
     app = module.make_app(args.root)
     config = Config()
