@@ -372,6 +372,48 @@ def test_failed_job(gw_emu: tuple[Gateway, Emulator]) -> None:
     assert emu.state()["jobs_running"] == []
 
 
+def test_failed_delete_keeps_the_scope(gw_emu: tuple[Gateway, Emulator]) -> None:
+    """The qtree's deletion job fails: 502, the qtree, its rule and the scope stay; a retry
+    deletes them all."""
+    gw, emu = gw_emu
+    qsid = new_qsid()
+    name = scope_hex(qsid)
+    assert create(gw, qsid, 2 * MiB).status_code == 204
+    emu.fault("job_failure", 1, "DELETE", "/api/storage/qtrees/")
+    r = gw.request("DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+    assert_appliance_problem(r, 502, "out of quorum")
+    assert len(qtrees(emu, name)) == 1 and len(rules(emu, name)) == 1
+    assert gw.describe(qsid)["limit_bytes"] == 2 * MiB
+    r = gw.request("DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+    assert r.status_code == 204, r.text
+    assert qtrees(emu, name) == [] and rules(emu, name) == []
+
+
+def test_quotas_not_switched_on_undoes_the_create(fresh: tuple[Gateway, Emulator]) -> None:
+    """The first rule is made but quotas cannot be switched on: the rule and the qtree go
+    again; the next create switches them on."""
+    gw, emu = fresh
+    qsid = new_qsid()
+    name = scope_hex(qsid)
+    emu.fault("job_failure", 1, "PATCH", "/api/storage/volumes/")
+    assert_appliance_problem(create(gw, qsid, 2 * MiB), 502, "switching quotas on",
+                             "out of quorum")
+    state = emu.state()
+    assert state["qtrees"] == [] and state["rules"] == []
+    assert state["volumes"][0]["quota_enabled"] is False
+    assert create(gw, qsid, 2 * MiB).status_code == 204
+    assert emu.state()["volumes"][0]["quota_enabled"] is True
+    assert len(rules(emu, name)) == 1
+
+
+def test_verify_ssl_off_is_a_logged_warning(tmp_path: Path) -> None:
+    """`netapp_verify_ssl = false` (the storage proxy never verifies): the gateway says so
+    in its log, and works."""
+    with vendor_gateway("netapp", tmp_path, options={"netapp_verify_ssl": "false"}) as (gw, _):
+        assert "TLS verification is off for NetApp ONTAP" in gw.read_log()
+        assert create(gw, new_qsid(), MiB).status_code == 204
+
+
 def test_refused_input_is_4xx(gw_emu: tuple[Gateway, Emulator]) -> None:
     """A plain directory (not a qtree) in the volume, adopted as a scope: ONTAP refuses a
     tree rule for it; the caller gets ONTAP's 404 and message, and no scope is made."""
