@@ -456,3 +456,12 @@ def test_bad_credentials_are_502_naming_weka(tmp_path: Path) -> None:
         assert "TLS verification is off for weka" in text
         assert "wrong-password" not in text
         assert [r["path"] for r in emu.requests()] == ["/api/v2/login"]
+
+
+def test_unknown_filesystem_is_502_naming_it(tmp_path: Path) -> None:
+    with vendor_gateway("weka", tmp_path, options={"weka_fs_name": "nope"}) as (gw, emu):
+        qsid = new_qsid()
+        r = create(gw, qsid, MiB)
+        assert_problem(r, 502, "'nope' not found", weka_emulator.FS_NAME, "weka_fs_name")
+        assert not (gw.source / scope_hex(qsid)).exists()
+        assert emu.state()["quotas"] == []
