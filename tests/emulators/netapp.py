@@ -43,26 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:  # imported by the tests as emulators.netapp, served by run.py as netapp
-    from emulators.common import (
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        inodes,
-    )
-except ImportError:
-    from common import (  # type: ignore[no-redef]
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        inodes,
-    )
+from emulators.common import (
+    EmulatorApp,
+    Fault,
+    HTTPError,
+    Request,
+    Response,
+    allocated_bytes,
+    inodes,
+)
 
 TLS = False
 USER = "admin"
@@ -129,19 +118,6 @@ class ONTAPEmulator(EmulatorApp):
         r("GET", "/api/cluster/jobs/{uuid}", self.get_job)
 
     # -- the emulator's frame ----------------------------------------------------------------
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """The ASGI lifespan answered in full: hypercorn binds only after startup.complete,
-        which common.EmulatorApp does not send."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await super().__call__(scope, receive, send)
 
     def error_body(self, status: int, message: str, code: Any) -> Any:
         return {"error": {"message": message, "code": str(code)}}
