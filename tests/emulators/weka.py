@@ -117,19 +117,6 @@ class WekaEmulator(EmulatorApp):
         self.route("DELETE", "/api/v2/fileSystems/{uid}/quota/{inode_id}", self.delete_quota)
         self.route("POST", "/api/v1", self.jsonrpc)
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """The ASGI lifespan answered in full (hypercorn binds only after startup.complete,
-        which common.EmulatorApp does not send), the rest as common.py does."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await super().__call__(scope, receive, send)
-
     # -- the common hooks -----------------------------------------------------------------------
 
     def error_body(self, status: int, message: str, code: Any) -> Any:
