@@ -246,14 +246,16 @@ class GPFSBackend(QuotaBackend):
     # -- QuotaBackend ------------------------------------------------------------------------
 
     async def check_volume(self) -> None:
-        """The options the API needs are there (the appliance itself is asked on first use:
-        the data path does not need the GUI node, so its absence does not stop the mount)."""
+        """The options the API needs are there, and the client is made (so a TLS warning is
+        logged at start). The appliance itself is not asked: the data path does not need the
+        GUI node, so its absence does not stop the mount; its first use says what fails."""
         missing = self._missing()
         if missing:
             raise BackendError(f"backend {self.name} needs the options {', '.join(missing)} "
                                "in [volume.NAME.options]", errno.EINVAL)
         if not self.volume.is_dir():
             raise BackendError(f"volume {self.volume} is not a directory", errno.ENOENT)
+        self.client()
 
     async def create_scope(self, pathname: str, limits: QuotaLimits) -> None:
         """The fileset, linked at the scope directory; then its quota. A failure leaves no
