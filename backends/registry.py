@@ -9,7 +9,7 @@ from typing import Any
 from backends.base import QuotaBackend
 from backends.btrfs import BtrfsBackend
 from backends.cephfs import CephFSBackend
-from backends.gpfs import GPFSBackend
+from backends.gpfs import GPFSBackend, SpectrumScaleBackend
 from backends.netapp import NetAppBackend
 from backends.onefs import OneFSBackend
 from backends.purestorage import PureStorageBackend
@@ -27,7 +27,7 @@ BACKENDS: dict[str, type[QuotaBackend]] = {
     "dellemc-onefs": OneFSBackend,
     "weka": WekaBackend,
     "gpfs": GPFSBackend,
-    "spectrumscale": GPFSBackend,  # the storage proxy's other name for it
+    "spectrumscale": SpectrumScaleBackend,  # the storage proxy's other name for gpfs
 }
 
 

@@ -93,8 +93,7 @@ class ApplianceClient:
                             type(e).__name__)
                 if last:
                     raise ApplianceError(self.appliance, f"unreachable ({type(e).__name__}: "
-                                         f"{e or 'no answer'})", 502, errno.EHOSTUNREACH
-                                         ) from None
+                                         f"{_reason(e)})", 502, errno.EHOSTUNREACH) from None
             else:
                 log.debug("%s %s %s -> %d", self.appliance, method, path, response.status_code)
                 if response.status_code >= 500 and not last and response.status_code not in ok:
@@ -128,6 +127,16 @@ class ApplianceClient:
                              502, errno.ETIMEDOUT)
 
 
+def _reason(error: Exception) -> str:
+    """What a transport error says, or what caused it (a TLS handshake's ConnectError says
+    nothing itself; its cause names CERTIFICATE_VERIFY_FAILED)."""
+    text = str(error)
+    cause = error.__cause__ or error.__context__
+    while not text and cause is not None:
+        text, cause = str(cause), cause.__cause__ or cause.__context__
+    return text or "no answer"
+
+
 def message_of(response: httpx.Response) -> str:
     """The message in a vendor's error body, whatever its shape; else the body's start."""
     try:
@@ -140,7 +149,7 @@ def message_of(response: httpx.Response) -> str:
 def _find_message(body: Any) -> str | None:
     if isinstance(body, dict):
         for key in ("message", "msg", "error", "errors", "detail", "description", "reason",
-                    "data"):
+                    "status", "data"):
             if key in body:
                 found = _find_message(body[key]) if not isinstance(body[key], str) else body[
                     key]
