@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -231,8 +232,9 @@ class Emulator:
     cafile: Path | None = None
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=str(self.cafile) if self.cafile else True,
-                            timeout=10)
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(self.cafile))
+                                         if self.cafile else True)
+        return httpx.Client(base_url=self.url, verify=verify, timeout=10)
 
     def fault(self, kind: str, count: int = 1, method: str | None = None,
               path: str = "") -> None:
