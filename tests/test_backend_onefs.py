@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +50,8 @@ def quotas_on(emulator: Emulator, qsid: str) -> list[dict[str, Any]]:
 
 def papi(emulator: Emulator) -> httpx.Client:
     """The PAPI as an administrator (or the storage proxy) calls it, beside the gateway."""
-    return httpx.Client(base_url=emulator.url, verify=str(emulator.cafile), timeout=10,
-                        auth=(USER, PASSWORD))
+    return httpx.Client(base_url=emulator.url, timeout=10, auth=(USER, PASSWORD),
+                        verify=ssl.create_default_context(cafile=str(emulator.cafile)))
 
 
 def mark(emulator: Emulator) -> int:
@@ -254,18 +255,49 @@ def test_storage_proxys_quota_id_is_adopted(onefs):
 @pytest.mark.xfail(reason="hiding `.quota_id` in a scope directory needs a core change "
                    "(fusegw/fs/operations.py hides only .fusegw at the root)", strict=True)
 def test_quota_id_file_is_hidden_through_the_mount(onefs):
-    gw, _ = onefs
+    """The storage proxy's `.quota_id` stays (it names the live quota) and is no entry of the
+    scope through the mount; deleting the scope is not refused because of it."""
+    gw, emu = onefs
     qsid = new_qsid()
     backing = gw.source / scope_hex(qsid)
     backing.mkdir()
-    (backing / ".quota_id").write_text("AAB0123")
-    assert create(gw, qsid, None).status_code == 204
+    with papi(emu) as c:
+        qid = c.post(QUOTAS, json={"path": ifs(qsid), "type": "directory", "enforced": True,
+                                   "include_snapshots": False,
+                                   "thresholds": {"hard": MiB}}).json()["id"]
+    (backing / ".quota_id").write_text(qid)
+    assert create(gw, qsid, 2 * MiB).status_code == 204
+    assert (backing / ".quota_id").exists()
     scope = gw.mountpoint / scope_hex(qsid)
     try:
         assert ".quota_id" not in os.listdir(scope)
         assert not (scope / ".quota_id").exists()
+        r = gw.request("DELETE", "/quota-scope", {"volume": gw.volume, "qsid": qsid})
+        assert r.status_code == 204, r.text
+        assert quotas_on(emu, qsid) == [] and not backing.exists()
     finally:
-        (backing / ".quota_id").unlink()
+        gw.request("DELETE", "/quota-scope/quota", {"volume": gw.volume, "qsid": qsid})
+
+
+def test_unrecordable_id_undoes_the_create(onefs):
+    """The id file cannot be written (here: a directory in its place): the quota made is
+    deleted again and the directory goes; the caller gets 502 naming the file."""
+    gw, emu = onefs
+    path = gw.source / ".fusegw" / "dellemc-onefs.json"
+    saved = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    qsid = new_qsid()
+    try:
+        body = problem(create(gw, qsid, MiB), 502)
+        assert "dellemc-onefs.json" in body["detail"], dump(body)
+        assert quotas_on(emu, qsid) == []
+        assert not (gw.source / scope_hex(qsid)).exists()
+    finally:
+        path.rmdir()
+        path.write_bytes(saved)
+    assert create(gw, qsid, MiB).status_code == 204
+    assert state_file(gw)[scope_hex(qsid)] == quotas_on(emu, qsid)[0]["id"]
 
 
 def test_lost_id_file_costs_a_listing(onefs):
@@ -328,13 +360,24 @@ def test_5xx_past_the_retries_is_502_and_nothing_half_made(onefs):
 
 
 def test_lost_answer_to_post_leaves_no_duplicate(onefs):
-    """The connection drops after OneFS made the quota? (The emulator drops before acting;
-    the retried POST then creates it once.) Either way one quota, and a repeat adopts."""
+    """OneFS made the quota but its answer was lost (here: a 503 after the change): the
+    repeated POST is refused with AEC_CONFLICT and the quota on the path is adopted, so
+    there is one quota, with the gateway's limit and id."""
     gw, emu = onefs
     qsid = new_qsid()
-    emu.fault("drop", 1, "POST", QUOTAS)
+    emu.fault("lost", 1, "POST", QUOTAS)
+    start = mark(emu)
     assert create(gw, qsid, MiB).status_code == 204
-    assert len(quotas_on(emu, qsid)) == 1
+    assert [(r["method"], r["path"]) for r in since(emu, start)][:3] == [
+        ("POST", QUOTAS), ("POST", QUOTAS), ("GET", QUOTAS)]
+    [quota] = quotas_on(emu, qsid)
+    assert quota["hard"] == MiB
+    assert state_file(gw)[scope_hex(qsid)] == quota["id"]
+    # a drop before OneFS acted: the retried POST creates it once
+    other = new_qsid()
+    emu.fault("drop", 1, "POST", QUOTAS)
+    assert create(gw, other, MiB).status_code == 204
+    assert len(quotas_on(emu, other)) == 1
 
 
 def test_existing_quota_on_the_path_is_adopted_not_duplicated(onefs):
@@ -479,3 +522,16 @@ def test_verify_off_is_logged(tmp_path, caplog):
     assert "TLS verification is off" in caplog.text
     assert PASSWORD not in caplog.text
     trio.run(client.aclose)
+
+
+def test_storage_proxy_option_aliases(tmp_path):
+    """`dell_username` (the storage proxy's other name for dell_admin) is read; the appliance
+    path is `dell_ifs_path` joined with the scope's pathname."""
+    options = gateway_options("https://127.0.0.1:9")
+    options["dell_username"] = options.pop("dell_admin")
+    backend = OneFSBackend(tmp_path, options)
+    trio.run(backend.check_volume)
+    assert backend.appliance_path("ab" * 16) == f"{IFS_ROOT}/{'ab' * 16}"
+    flow = backend.client().http.auth.sync_auth_flow(  # type: ignore[union-attr]
+        backend.client().http.build_request("GET", QUOTAS))
+    assert next(flow).headers["authorization"] == basic(USER, PASSWORD)

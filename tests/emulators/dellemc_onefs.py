@@ -19,8 +19,9 @@ AEC_NOT_FOUND 404, AEC_CONFLICT 409, AEC_SERVICE_UNAVAILABLE 503, AEC_EXCEPTION 
   file sizes (OneFS's logical size, `common.logical_bytes`), `fsphysical`/`physical` =
   allocated blocks, `inodes` = entries below plus the directory.
 - PUT merges the given fields (thresholds key by key; null clears one); DELETE removes.
-- Vendor fault `notready`: the next matching GET answers its quota(s) as OneFS does while a
-  QuotaScan job runs: `ready: false`, `usage.*_ready: false`, figures 0.
+- Vendor faults: `notready`, the next matching GET answers its quota(s) as OneFS does while
+  a QuotaScan job runs (`ready: false`, `usage.*_ready: false`, figures 0); `lost`, the
+  request is carried out but answered 503, as when an answer is lost after the change.
 
 The emulator cannot enforce a hard threshold on a local directory (no EDQUOT at the limit):
 the behaviour suite's EDQUOT-at-the-limit check cannot run against it; OneFS enforces on the
@@ -129,6 +130,16 @@ class OneFSEmulator(EmulatorApp):
         if fault.kind == "notready":
             self.not_ready += 1
             return None  # the request is answered, as not ready
+        if fault.kind == "lost":  # done, but the answer lost: a 503 instead of it
+            self.authorize(request)
+            for method, regex, handler in self.routes:
+                match = regex.match(request.path)
+                if match and method == request.method:
+                    request.params = match.groupdict()
+                    handler(request)
+                    break
+            return Response(503, self.error_body(503, "emulated failure after the change",
+                                                 None))
         return None
 
     # -- paths ---------------------------------------------------------------------------------
