@@ -35,28 +35,16 @@ import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-try:  # imported by the tests (tests/ on the path) ...
-    from emulators.common import (
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        inodes,
-        logical_bytes,
-    )
-except ImportError:  # ... or served by run.py, which puts tests/emulators/ on the path
-    from common import (  # type: ignore[no-redef]
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        inodes,
-        logical_bytes,
-    )
+from emulators.common import (
+    EmulatorApp,
+    Fault,
+    HTTPError,
+    Request,
+    Response,
+    allocated_bytes,
+    inodes,
+    logical_bytes,
+)
 
 TLS = True
 USER = "fusegw-papi"
@@ -95,19 +83,6 @@ class OneFSEmulator(EmulatorApp):
         self.route("GET", base + "/{qid}", self.get_quota)
         self.route("PUT", base + "/{qid}", self.update_quota)
         self.route("DELETE", base + "/{qid}", self.delete_quota)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """ASGI lifespan answered in full (hypercorn waits for startup.complete before it
-        binds; common.EmulatorApp only answers the shutdown), the rest as common does."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await super().__call__(scope, receive, send)
 
     # -- the common hooks ------------------------------------------------------------------
 
