@@ -159,7 +159,7 @@ def test_apply_moves_every_vfolder_intact_and_the_gateway_serves_it(make_gateway
     mapping = make_v2_volume(volume, 300, seed=5, scopes=25)
     before = manifests(volume, {f: flat(f) for f in mapping})
     refused = make_gateway(source=volume, start=False).start(check=False)
-    assert refused.returncode == 1 and "fusegw migrate" in refused.stderr
+    assert refused.returncode == 1 and "fusegw migrate" in refused.stderr, refused.stderr
 
     proc = migrate(volume, "--mapping", write_mapping(tmp_path / "m.csv", mapping), "--apply",
                    "--set-limits", "--report", tmp_path / "r.csv", "--scan-size",
@@ -388,3 +388,33 @@ def test_verified_copy_catches_a_difference(tmp_path: Path) -> None:
     os.chmod(copy / "sub", 0o777)
     with pytest.raises(transfer.CopyFailed, match="sub"):
         transfer.verify(src / flat(fid), copy, content=False)
+
+
+def test_a_directory_that_is_no_volume_is_refused(tmp_path: Path) -> None:
+    """Somebody's data (no version.txt, no v2 fan-out, no scopes) or an unknown layout version
+    is refused before anything is planned, so --quarantine cannot sweep it away."""
+    data = tmp_path / "home"
+    (data / "alice").mkdir(parents=True)
+    (data / "notes.txt").write_text("mine")
+    proc = migrate(data, "--default-scope", new_qsid(), "--apply", "--quarantine")
+    assert proc.returncode == 4 and "does not look like a Backend.AI volume" in proc.stderr
+    assert sorted(os.listdir(data)) == ["alice", "notes.txt"]
+    (data / "version.txt").write_text("7\n")
+    proc = migrate(data, "--default-scope", new_qsid())
+    assert proc.returncode == 4 and "unsupported layout version '7'" in proc.stderr
+
+
+def test_bad_sources_are_one_line(tmp_path: Path) -> None:
+    """A mapping row that does not parse, or a --dsn that cannot be used, ends in exit 2 with
+    one line naming it; nothing is written."""
+    volume = tmp_path / "vol"
+    make_v2_volume(volume, 2, seed=14)
+    (tmp_path / "bad.csv").write_text("id,quota_scope_id,max_size\nnot-a-uuid,user:x,\n")
+    proc = migrate(volume, "--mapping", tmp_path / "bad.csv", "--apply")
+    assert proc.returncode == 2 and "bad.csv:2" in proc.stderr
+    assert "not a folder UUID" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = migrate(volume, "--dsn", "postgresql://nobody:secret@127.0.0.1:1/manager", "--apply")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "secret" not in proc.stderr
+    assert not (volume / ".fusegw").exists()

@@ -62,7 +62,10 @@ def register(sub: Any) -> None:
 
 
 def _shown(text: str) -> str:
-    return quote(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    """A path for one line of output: quoted where needed, control bytes and bytes that are
+    not UTF-8 escaped (\\n, \\xff)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return quote("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +102,7 @@ def _run(args: argparse.Namespace, volume: Path) -> int:
     from fusegw.migration.report import rows, write_report
     from fusegw.migration.script import render, write_script
 
+    discover.check_root(volume)
     default = QuotaScopeID.parse(args.default_scope, "--default-scope") \
         if args.default_scope else None
     table = sources.load(args.dsn, args.mapping, args.map, args.db_volume)
@@ -151,13 +155,15 @@ def _run(args: argparse.Namespace, volume: Path) -> int:
           f"({len(plan.new_scopes)} new); {len(plan.leftovers)} leftovers"
           + (" (to quarantine)" if args.quarantine and plan.leftovers else "")
           + (f"; script written to {args.script}" if args.script else ""))
-    _list_leftovers(plan.leftovers)
+    _list_leftovers(plan.leftovers, args.quarantine)
     return EXIT_LEFTOVERS if plan.leftovers and not args.quarantine else EXIT_OK
 
 
-def _list_leftovers(leftovers: list[Any]) -> None:
+def _list_leftovers(leftovers: list[Any], quarantine: bool = False) -> None:
     for left in leftovers:
         print(f"leftover {_shown(left.relpath)}: {left.reason}", file=sys.stderr)
-    if leftovers:
+    if leftovers and quarantine:
+        print(f"{len(leftovers)} leftovers to be moved into .fusegw/unclaimed/", file=sys.stderr)
+    elif leftovers:
         print(f"{len(leftovers)} leftovers (exit status {EXIT_LEFTOVERS}); --quarantine moves "
               "them into .fusegw/unclaimed/", file=sys.stderr)

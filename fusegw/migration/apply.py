@@ -56,16 +56,20 @@ TEMP_SUFFIX = ".fusegw-migrating"
 
 @contextlib.contextmanager
 def migration_lock(state: StateDir) -> Iterator[None]:
-    """Hold `.fusegw/migrate.lock` exclusively, or refuse: one migration at a time."""
+    """Hold `.fusegw/migrate.lock` exclusively, or refuse: one migration at a time. The
+    copying children hold it too (transfer.HELD_FDS): one left running by a killed run
+    keeps a re-run out until it ends."""
     fd = os.open(state.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise VolumeRefused(f"another `fusegw migrate` is running on {state.path.parent}") \
-                from None
+            raise VolumeRefused(f"another `fusegw migrate` (or a copy it left running) is "
+                                f"running on {state.path.parent}") from None
+        transfer.HELD_FDS = (fd,)
         yield
     finally:
+        transfer.HELD_FDS = ()
         os.close(fd)
 
 
@@ -133,7 +137,11 @@ class Migration:
         progress.leftovers = len(plan.leftovers)
         trio.run(self._create_scopes, plan)
         for move in plan.moves:
-            outcome.status[move.src] = self._move(move)
+            try:
+                outcome.status[move.src] = self._move(move)
+            except (OSError, transfer.CopyFailed) as e:
+                outcome.status[move.src] = f"failed: {e}"
+                raise
             progress.done += 1
             progress.copied += outcome.status[move.src] != "moved"
             progress.tick()

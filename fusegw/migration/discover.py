@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusegw.errors import VolumeRefused
 from fusegw.layout import STATE_DIR, VERSION_FILE, flat_relpath, is_scope_name
 
 FAN = re.compile(r"[0-9a-f]{2}")
@@ -102,3 +103,27 @@ def prune_empty_fanouts(volume: Path) -> None:
                     os.rmdir(volume / a.name / b.name)
         with contextlib.suppress(OSError):
             os.rmdir(volume / a.name)
+
+
+def check_root(volume: Path) -> None:
+    """Refuse a directory that is no Backend.AI volume, before anything is planned: one whose
+    `version.txt` names a layout other than 2 or 3, or, without `version.txt`, one that holds
+    neither a flat fan-out directory nor a scope nor `.fusegw/` but other things (somebody's
+    data, which `--quarantine` would otherwise sweep away)."""
+    try:
+        version: str | None = (volume / VERSION_FILE).read_text().strip()
+    except FileNotFoundError:
+        version = None
+    if version is not None:
+        if version not in ("2", "3"):
+            raise VolumeRefused(f"{volume}: unsupported layout version {version!r} in "
+                                f"{VERSION_FILE}")
+        return
+    entries = [e for e in _entries(volume) if e.name != "lost+found"]
+    if not entries or any(
+            e.name == STATE_DIR or (_is_dir(e) and (FAN.fullmatch(e.name)
+                                                    or is_scope_name(e.name)))
+            for e in entries):
+        return
+    raise VolumeRefused(f"{volume} does not look like a Backend.AI volume (no {VERSION_FILE}, "
+                        f"no v2 vfolders, no quota scopes); not migrating it")

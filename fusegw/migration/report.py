@@ -4,6 +4,7 @@ The storage proxy's columns, `volume_id, folder_id, quota_scope_id, current_size
 src_path, dst_path`, plus `status`:
 
 - `planned` (no `--apply`), `moved` (renamed), `copied` / `reflinked` (across devices);
+  a run that stopped: `failed: <error>` for the vfolder it stopped at, `not reached` after;
 - `leftover: <reason>`: left in place; `quarantined: <reason>`: moved to `dst_path` below
   `.fusegw/unclaimed/`.
 
@@ -27,6 +28,9 @@ COLUMNS = ("volume_id", "folder_id", "quota_scope_id", "current_size", "old_quot
            "src_path", "dst_path", "status")
 
 
+DONE = frozenset({"moved", "copied", "reflinked"})
+
+
 def _size(path: Path, scan: bool) -> str:
     if not scan:
         return ""
@@ -41,8 +45,9 @@ def rows(volume: Path, volume_id: str, plan: Plan, outcome: Outcome | None,
     v = volume.absolute()
     found: list[list[str]] = []
     for m in plan.moves:
-        status = outcome.status.get(m.src, "failed") if outcome else "planned"
-        where = v / (m.dst if outcome and status != "failed" else m.src)
+        status = outcome.status.get(m.src, "not reached") if outcome else "planned"
+        done = outcome is not None and status in DONE
+        where = v / (m.dst if done else m.src)
         found.append([volume_id, str(uuid.UUID(m.hex)), str(m.qsid), _size(where, scan_size),
                       "" if m.old_quota is None else str(m.old_quota), str(v / m.src),
                       str(v / m.dst), status])

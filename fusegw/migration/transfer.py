@@ -21,6 +21,11 @@ from pathlib import Path
 
 CHUNK = 1 << 20
 
+HELD_FDS: tuple[int, ...] = ()
+"""Descriptors every child (`cp`, `rm`) inherits: the migration lock's, so a child that
+outlives its killed parent keeps the volume locked until it is done, and a re-run cannot race
+it."""
+
 
 class CopyFailed(Exception):
     """The copy could not be made or does not match its source; the source is untouched."""
@@ -32,7 +37,7 @@ def copy_tree(src: Path, dst: Path, reflink: bool = True) -> str:
     errors = []
     for mode in (("always", "never") if reflink else ("never",)):
         proc = subprocess.run(["cp", "-a", f"--reflink={mode}", "--", str(src), str(dst)],
-                              capture_output=True, stdin=subprocess.DEVNULL)
+                              capture_output=True, stdin=subprocess.DEVNULL, pass_fds=HELD_FDS)
         if proc.returncode == 0:
             return "reflink" if mode == "always" else "copy"
         errors.append(os.fsdecode(proc.stderr).strip().splitlines()[-1:] or ["failed"])
@@ -51,7 +56,7 @@ def remove_tree(path: Path) -> None:
         return
     # rm -rf copes with read-only directories and every odd name; one exec per tree
     subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True,
-                   stdin=subprocess.DEVNULL)
+                   stdin=subprocess.DEVNULL, pass_fds=HELD_FDS)
 
 
 def _xattrs(path: str) -> dict[str, bytes]:
