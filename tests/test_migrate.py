@@ -24,11 +24,14 @@ from pathlib import Path
 import pytest
 from btrfs_fixtures import make_btrfs
 from conftest import du_bytes, new_qsid, scope_hex, wait_for
+from postgres_fixture import PostgresServer, postgres_server
 from v2_volumes import flat, make_v2_volume, manifests, v3, write_mapping
 
 from fusegw.migration import transfer
 from fusegw.state import StateDir
 from fusegw.state.lease import Lease
+
+__all__ = ["postgres_server"]  # the fixture, imported for pytest
 
 EXIT_LEFTOVERS = 6
 MIB = 1 << 20
@@ -184,6 +187,31 @@ def test_apply_moves_every_vfolder_intact_and_the_gateway_serves_it(make_gateway
         figures = gw.describe(qsid)
         assert figures["used_bytes"] == du_bytes(volume / pathname), qsid
         assert figures["limit_bytes"] == (limit or None)
+
+
+def test_apply_from_the_managers_database(postgres_server: PostgresServer,
+                                          tmp_path: Path) -> None:
+    """--dsn: the scopes and max_size from a real PostgreSQL's vfolders table (only this
+    volume's rows, --db-volume); vfolders the table does not know are quarantined; rows
+    without a directory are ignored."""
+    pg = postgres_server
+    pg.reset()
+    volume = tmp_path / "vol"
+    mapping = make_v2_volume(volume, 200, seed=15, scopes=15)
+    fids = sorted(mapping)
+    known = {f: m for f, m in mapping.items() if f not in fids[:2]}
+    elsewhere = {fids[0]: (new_qsid(), 5), uuid.uuid4().hex: (new_qsid(), None)}
+    pg.insert([(uuid.UUID(f), "local:vol", q, size) for f, (q, size) in known.items()]
+              + [(uuid.uuid4(), "local:vol", new_qsid(), 7)]  # no directory: ignored
+              + [(uuid.UUID(f), "other:vol", q, size) for f, (q, size) in elsewhere.items()])
+    before = manifests(volume, {f: flat(f) for f in mapping})
+    proc = migrate(volume, "--dsn", pg.dsn, "--db-volume", "local:vol", "--apply",
+                   "--set-limits", "--quarantine")
+    assert proc.returncode == 0, proc.stderr
+    assert_migrated(volume, known, {f: before[f] for f in known}, limits=True)
+    unclaimed = volume / ".fusegw" / "unclaimed"
+    assert manifests(unclaimed, {f: flat(f) for f in fids[:2]}) == \
+        {f: before[f] for f in fids[:2]}
 
 
 def test_script_run_with_sh_gives_the_same_result_as_apply(tmp_path: Path) -> None:
