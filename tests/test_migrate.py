@@ -394,6 +394,31 @@ def test_apply_on_btrfs_killed_anywhere_then_rerun(btrfs: Path) -> None:
     _kill_and_resume(btrfs, "kill", "btrfs", sorted(rng.sample(range(1, 60), 8)))
 
 
+def test_a_scope_on_another_filesystem_gets_a_verified_copy(tmp_path: Path) -> None:
+    """A scope directory that is another filesystem (as an appliance's export or a separately
+    mounted project may be; here a tmpfs) and not registered yet: adopted, and every vfolder
+    into it, answered EXDEV and offered no reflink, is copied, compared byte for byte and
+    its source removed."""
+    volume = tmp_path / "vol"
+    mapping = make_v2_volume(volume, 30, seed=16, scopes=1)
+    (qsid,) = {q for q, _ in mapping.values()}
+    scope = volume / scope_hex(qsid)
+    scope.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "fusegw-test", scope],
+                   check=True)
+    try:
+        before = manifests(volume, {f: flat(f) for f in mapping})
+        proc = migrate(volume, "--mapping", write_mapping(tmp_path / "m.csv", mapping),
+                       "--apply", "--report", tmp_path / "r.csv")
+        assert proc.returncode == 0, proc.stderr
+        assert "30/30 vfolders moved (30 by copy)" in proc.stderr
+        assert_migrated(volume, mapping, before)
+        with open(tmp_path / "r.csv", newline="") as f:
+            assert {r["status"] for r in csv.DictReader(f)} == {"copied"}
+    finally:
+        subprocess.run(["umount", "-l", scope], check=True)
+
+
 def test_verified_copy_catches_a_difference(tmp_path: Path) -> None:
     """The plain (non-reflink) copy keeps everything a manifest sees, and verify() refuses a
     copy that differs in one byte or one mode bit."""

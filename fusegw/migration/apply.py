@@ -228,7 +228,11 @@ class Migration:
         transfer.remove_tree(tmp)  # a copy a kill interrupted
         how = transfer.copy_tree(src, tmp)
         self.step()
-        transfer.verify(src, tmp, content=how != "reflink")
+        try:
+            transfer.verify(src, tmp, content=how != "reflink")
+        except transfer.CopyFailed:
+            transfer.remove_tree(tmp)  # no stray copy in the scope; the source stays
+            raise
         self.step()
         os.rename(tmp, dst)
         fsync_directory(dst.parent)
