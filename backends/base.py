@@ -73,6 +73,9 @@ class QuotaBackend(abc.ABC):
     network: ClassVar[bool] = False
     enforces_inodes: ClassVar[bool] = False
     capabilities: ClassVar[frozenset[str]] = frozenset({"vfolder", "quota"})
+    scope_hidden_names: ClassVar[frozenset[str]] = frozenset()
+    """Names in a scope directory that belong to the storage, not to users (OneFS's
+    `.quota_id`): hidden through the mount, not counted, not in the way of deleting it."""
     option_keys: ClassVar[frozenset[str]] = frozenset()
     """The keys of the volume's `[volume.NAME.options]` this backend reads (besides the
     gateway's own): the configuration refuses any other key, naming it, so a misspelt option

@@ -215,7 +215,9 @@ class Gateway:
         if inline_us is None:
             inline_us = 0.0 if self.backend.network else FAST * 1e6
         offload = Offload(s.io_threads, inline_us / 1e6)
-        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout, offload)
+        self.ledger.hidden_in_scope = self.backend.scope_hidden_names
+        hidden = frozenset(n.encode() for n in self.backend.scope_hidden_names)
+        self.ops = GatewayOperations(root_fd, self.ledger, xattrs, timeout, offload, hidden)
         metrics = Metrics(self.ledger, s.volume, REQUESTS, offload)
         app = ControlApp(resolve_group(s.admin_group), metrics, s.auth_token)
         vfolders = VFolderService(s.source, s.mountpoint, self.service)

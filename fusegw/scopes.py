@@ -174,7 +174,8 @@ class ScopeService:
     async def delete(self, qsid: QuotaScopeID, caller: Caller) -> None:
         scope = self.get(qsid)
         path = self.backend.scope_path(scope.pathname)
-        if os.path.isdir(path) and os.listdir(path):
+        hidden = self.backend.scope_hidden_names
+        if os.path.isdir(path) and [n for n in os.listdir(path) if n not in hidden]:
             raise QuotaScopeNotEmpty(f"quota scope {qsid} still holds vfolders")
         before = _limits(scope)
         await self.backend.delete_scope(scope.pathname)

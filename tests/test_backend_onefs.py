@@ -252,8 +252,6 @@ def test_storage_proxys_quota_id_is_adopted(onefs):
     assert not (backing / ".quota_id").exists()
 
 
-@pytest.mark.xfail(reason="hiding `.quota_id` in a scope directory needs a core change "
-                   "(fusegw/fs/operations.py hides only .fusegw at the root)", strict=True)
 def test_quota_id_file_is_hidden_through_the_mount(onefs):
     """The storage proxy's `.quota_id` stays (it names the live quota) and is no entry of the
     scope through the mount; deleting the scope is not refused because of it."""

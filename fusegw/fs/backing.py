@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from fusegw.fs import syscalls
 
@@ -27,13 +27,13 @@ def stat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def list_dir(dir_fd: int, hidden: bytes | None) -> list[tuple[bytes, os.stat_result]]:
+def list_dir(dir_fd: int, hidden: Container[bytes]) -> list[tuple[bytes, os.stat_result]]:
     """The entries of a directory with their lstat (readdirplus sends both), `hidden` left
     out; an entry gone between listing and stat is skipped."""
     names = os.listdir(f"/proc/self/fd/{dir_fd}".encode())
     out = []
     for name in names:
-        if name == hidden:
+        if name in hidden:
             continue
         try:
             out.append((name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)))

@@ -117,8 +117,12 @@ class GatewayOperations(GuardedOperations):
     congestion_threshold = 48
 
     def __init__(self, root_fd: int, ledger: Ledger, xattrs: UsageXattrs,
-                 timeout: float = 1.0, offload: Offload | None = None) -> None:
+                 timeout: float = 1.0, offload: Offload | None = None,
+                 hidden_in_scope: frozenset[bytes] = frozenset()) -> None:
         super().__init__()
+        # names hidden where they are: the gateway's state at the root, the storage's own
+        # files in a scope directory (QuotaBackend.scope_hidden_names)
+        self.hidden = {0: frozenset({HIDDEN_AT_ROOT}), 1: hidden_in_scope}
         self.inodes = InodeTable(root_fd)
         self.blksize = os.fstat(root_fd).st_blksize  # for the growth bound of a new entry
         self.ledger = ledger
@@ -236,7 +240,7 @@ class GatewayOperations(GuardedOperations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self.inodes.get(parent_inode)
-        if parent.depth == 0 and name == HIDDEN_AT_ROOT:
+        if name in self.hidden.get(parent.depth, ()):
             raise pyfuse3.FUSEError(errno.ENOENT)
         with _Pin(parent):
             st = await self.offload.run(backing.stat_at, parent.fd, name)
@@ -582,7 +586,7 @@ class GatewayOperations(GuardedOperations):
         handle = self._dir(fh)
         parent = handle.node
         if start_id == 0 or handle.entries is None:
-            hidden = HIDDEN_AT_ROOT if parent.depth == 0 else None
+            hidden = self.hidden.get(parent.depth, frozenset())
             with _Pin(parent):
                 handle.entries = await self.offload.run(backing.list_dir, parent.fd, hidden)
         entries = handle.entries

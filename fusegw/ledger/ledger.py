@@ -71,6 +71,7 @@ class Ledger:
         self._disk_marks: frozenset[str] = frozenset()  # scopes dirty.json on disk marks
         self.snapshot_dropped = False  # ledger.json unlinked for want of a dirty mark
         self.settle_failing: dict[str, str] = {}  # scope -> why its late blocks wait
+        self.hidden_in_scope: frozenset[str] = frozenset()  # the storage's own files
 
     # -- admission and charging ----------------------------------------------------------------
 
@@ -339,7 +340,8 @@ class Ledger:
             return ScanResult()
         self.scans[key] = 0
         try:
-            return await trio.to_thread.run_sync(scan_scope, path, progress, 10_000)
+            return await trio.to_thread.run_sync(scan_scope, path, progress, 10_000,
+                                                 self.hidden_in_scope)
         finally:
             self.scans.pop(key, None)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from fusegw.layout import vfolder_hex
@@ -22,11 +22,13 @@ class ScanResult:
 
 
 def scan_scope(
-    scope_dir: str, progress: Callable[[int], None] | None = None, every: int = 50_000
+    scope_dir: str, progress: Callable[[int], None] | None = None, every: int = 50_000,
+    hidden: Container[str] = (),
 ) -> ScanResult:
     """Total the scope directory: bytes of distinct inodes, the directory included, and inodes.
 
-    Per-vfolder totals are kept for every vfolder below the scope (`fusegw.layout`).
+    Per-vfolder totals are kept for every vfolder below the scope (`fusegw.layout`); `hidden`
+    names in the scope directory itself (the storage's own files) are not counted.
     """
     result = ScanResult()
     seen: set[tuple[int, int]] = set()
@@ -42,6 +44,8 @@ def scan_scope(
             continue
         with it:
             for entry in it:
+                if depth == 0 and entry.name in hidden:
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
