@@ -52,6 +52,7 @@ LOCK_FILE = "migrate.lock"
 UNCLAIMED = "unclaimed"
 KILL_ENV = "FUSEGW_MIGRATE_KILL_AFTER"
 TEMP_SUFFIX = ".fusegw-migrating"
+REGISTER_BATCH = 256  # new scopes per registry write
 
 
 @contextlib.contextmanager
@@ -184,24 +185,38 @@ class Migration:
     # -- scopes -------------------------------------------------------------------------------
 
     async def _create_scopes(self, plan: Plan) -> None:
+        """Create the new scopes and register them, in batches (one registry write each): a
+        scope made but not yet registered when a run is killed is adopted by the next."""
         new = plan.new_scopes
         if not new:
             return
         await self.backend.check_volume()
-        for scope in new:
-            pathname = scope.qsid.pathname
-            limits = QuotaLimits(scope.limit_bytes if self.set_limits else 0)
-            path = self.backend.scope_path(pathname)
-            try:
-                if not os.path.lexists(path):
-                    await self.backend.create_scope(pathname, limits)
-                elif limits.limit_bytes:  # made by a killed run, or beforehand: adopted
-                    await self.backend.update_scope(pathname, limits)
-            except OSError as e:
-                raise BackendError(f"cannot create the scope directory {path}: {e.strerror}",
-                                   e.errno or errno.EIO) from None
-            self.step()
-            self.registry.put(ScopeRecord(scope.qsid, limits.limit_bytes, 0))
+        made: list[ScopeRecord] = []
+        try:
+            for scope in new:
+                pathname = scope.qsid.pathname
+                limits = QuotaLimits(scope.limit_bytes if self.set_limits else 0)
+                path = self.backend.scope_path(pathname)
+                try:
+                    if not os.path.lexists(path):
+                        await self.backend.create_scope(pathname, limits)
+                    elif limits.limit_bytes:  # made by a killed run, or beforehand: adopted
+                        await self.backend.update_scope(pathname, limits)
+                except OSError as e:
+                    raise BackendError(f"cannot create the scope directory {path}: "
+                                       f"{e.strerror}", e.errno or errno.EIO) from None
+                made.append(ScopeRecord(scope.qsid, limits.limit_bytes, 0))
+                self.step()
+                if len(made) >= REGISTER_BATCH:
+                    self._register(made)
+        finally:
+            self._register(made)
+
+    def _register(self, records: list[ScopeRecord]) -> None:
+        if records:
+            self.registry.save(dict(self.registry.scopes,
+                                    **{r.qsid.pathname: r for r in records}))
+            records.clear()
             self.step()
 
     # -- vfolders -----------------------------------------------------------------------------
