@@ -181,7 +181,7 @@ def test_apply_moves_every_vfolder_intact_and_the_gateway_serves_it(make_gateway
         assert row["dst_path"] == str(volume / v3(qsid, fid))
         assert int(row["current_size"]) == du_bytes(volume / v3(qsid, fid))
 
-    gw = make_gateway(source=volume, extra=["--adopt-nonempty"])
+    gw = make_gateway(source=volume)
     wait_for(lambda: not gw.request("GET", "/").json()["rebuilding"], what="first scan")
     for pathname, (qsid, limit) in registry(volume).items():
         figures = gw.describe(qsid)
@@ -282,7 +282,7 @@ def test_leftovers_stay_in_place_or_are_quarantined(make_gateway, tmp_path: Path
     assert set(quarantined) == {str(volume / flat(f)) for f in fids[:2]} | {
         str(volume / "12" / "junk")}
     assert quarantined[str(volume / "12" / "junk")]["dst_path"] == str(unclaimed / "12/junk")
-    gw = make_gateway(source=volume, extra=["--adopt-nonempty"])
+    gw = make_gateway(source=volume)
     assert not (gw.mountpoint / ".fusegw").exists()
 
 
@@ -363,7 +363,7 @@ def test_apply_on_btrfs_makes_subvolumes_and_copies_by_reflink(btrfs: Path, make
         assert os.stat(volume / pathname).st_ino == 256  # a subvolume's root
     with open(tmp_path / "r.csv", newline="") as f:
         assert {r["status"] for r in csv.DictReader(f)} == {"reflinked"}
-    gw = make_gateway(source=volume, extra=["--backend", "btrfs", "--adopt-nonempty"])
+    gw = make_gateway(source=volume, extra=["--backend", "btrfs"])
     for _pathname, (qsid, limit) in registry(volume).items():
         assert gw.describe(qsid)["limit_bytes"] == (limit or None)
 
