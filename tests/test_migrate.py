@@ -27,9 +27,11 @@ from conftest import du_bytes, new_qsid, scope_hex, wait_for
 from postgres_fixture import PostgresServer, postgres_server
 from v2_volumes import flat, make_v2_volume, manifests, v3, write_mapping
 
+from fusegw.ids import QuotaScopeID
 from fusegw.migration import transfer
 from fusegw.state import StateDir
 from fusegw.state.lease import Lease
+from fusegw.state.registry import Registry, ScopeRecord
 
 __all__ = ["postgres_server"]  # the fixture, imported for pytest
 
@@ -128,6 +130,29 @@ def test_plan_by_default_writes_nothing_and_names_every_leftover(tmp_path: Path)
                                "old_quota", "src_path", "dst_path", "status"]
     statuses = sorted(r["status"].split(":")[0] for r in report)
     assert statuses == ["leftover"] * 6 + ["planned"] * 8
+
+
+def test_a_scope_colliding_with_a_registered_one_is_a_leftover(tmp_path: Path) -> None:
+    """A registered user:X makes project:X a leftover (they would share the directory X);
+    the vfolders of user:X move into the registered scope, which keeps its limit."""
+    volume = tmp_path / "vol"
+    mapping = make_v2_volume(volume, 4, seed=17)
+    fids = sorted(mapping)
+    shared = uuid.uuid4()
+    state = StateDir(volume)
+    state.open()
+    Registry(state).put(ScopeRecord(QuotaScopeID.parse(f"user:{shared}"), 12345))
+    (volume / shared.hex).mkdir()
+    rows = {fids[0]: (f"project:{shared}", 3), fids[1]: (f"user:{shared}", 3),
+            fids[2]: mapping[fids[2]], fids[3]: mapping[fids[3]]}
+    proc = migrate(volume, "--mapping", write_mapping(tmp_path / "m.csv", rows), "--apply",
+                   "--set-limits")
+    assert proc.returncode == EXIT_LEFTOVERS
+    assert (f"{flat(fids[0])}: scope project:{shared} collides with the registered scope "
+            f"user:{shared}") in proc.stderr
+    assert (volume / v3(f"user:{shared}", fids[1]) / "data.bin").exists()
+    assert registry(volume)[shared.hex] == (f"user:{shared}", 12345)
+    assert (volume / flat(fids[0]) / "data.bin").exists()
 
 
 def test_dry_run_and_the_old_map_format_still_work(tmp_path: Path) -> None:
