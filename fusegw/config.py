@@ -62,8 +62,7 @@ DEFAULT_MOUNT_ROOT = Path("/mnt/fusegw")
 DEFAULT_NODE_SOCKET = Path("/run/fusegw/fusegw.sock")
 RUN_DIR = Path("/run/fusegw")
 
-STORAGE_PROXY_BACKENDS = frozenset({"netapp", "dellemc-onefs", "weka", "gpfs", "spectrumscale",
-                                    "kmanila"})
+STORAGE_PROXY_BACKENDS = frozenset({"kmanila"})
 """Backends the storage proxy (23.03) has and fusegw does not serve yet: named as such."""
 
 
