@@ -102,6 +102,11 @@ class QuotaBackend(abc.ABC):
         except OSError as e:
             raise BackendError(f"rmdir {path}: {e.strerror}", e.errno or errno.EIO) from None
 
+    async def remove_vfolder_tree(self, path: Path) -> bool:
+        """Remove a vfolder's tree with the storage's own tool (Pure's `prm`); False where
+        there is none and the gateway removes it itself."""
+        return False
+
     async def check_volume(self) -> None:
         """Refuse (BackendError) a volume this backend cannot serve; called before mounting."""
         return None

@@ -232,6 +232,14 @@ class PureStorageBackend(VFSBackend):
 
     # -- RapidFile Toolkit ----------------------------------------------------------------------
 
+    async def remove_vfolder_tree(self, path: Path) -> bool:
+        """`prm -rf` for a vfolder's deletion where RapidFile Toolkit is installed, as the
+        storage proxy does; else the gateway's own removal."""
+        if shutil.which("prm") is None:
+            return False
+        await self.remove_tree(path)
+        return True
+
     async def remove_tree(self, path: str | os.PathLike[str]) -> None:
         """Remove a tree below the volume: `prm -rf` where RapidFile Toolkit is installed (it
         removes in parallel, much faster over NFS), else shutil.rmtree in a worker thread.

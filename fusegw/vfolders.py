@@ -225,7 +225,9 @@ class VFolderService:
                 fds.append(stack.enter_context(_opendir(name, fds[-1])))
             before = [os.fstat(fd).st_blocks for fd in fds]
             root_blocks = os.stat(leaf, dir_fd=fds[2], follow_symlinks=False).st_blocks
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(leaf, dir_fd=fds[2]))
+            tree = self.volume / scope.pathname / fan1 / fan2 / leaf
+            if not await self.scopes.backend.remove_vfolder_tree(tree):
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(leaf, dir_fd=fds[2]))
             vf = scope.vfolders.pop(h, None)
             if vf is not None:
                 r.charge(None, -vf.used_bytes, -vf.used_inodes - 1)

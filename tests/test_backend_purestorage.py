@@ -417,3 +417,30 @@ def test_remove_tree_with_prm(tmp_path, monkeypatch):
     with pytest.raises(BackendError, match="prm: cannot remove: Permission denied"):
         trio.run(b.remove_tree, again)
     assert again.exists()
+
+
+def test_vfolder_deletion_uses_prm_where_it_is_installed(tmp_path):
+    """With RapidFile Toolkit's `prm` on the gateway's PATH (here a stand-in that records its
+    arguments and removes with rm), `folder/delete` removes the vfolder's tree with it, as
+    the storage proxy does; the scope's usage comes back down as without it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "prm.calls"
+    prm = bindir / "prm"
+    prm.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$PRM_CALLS"\nexec rm "$@"\n')
+    prm.chmod(0o755)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "PRM_CALLS": str(calls)}
+    with vendor_gateway("purestorage", tmp_path, env=env) as (gw, _):
+        qsid = new_qsid()
+        gw.create_scope(qsid, limit_bytes=64 * MiB)
+        base = gw.describe(qsid)["used_bytes"]
+        fid = uuid.uuid4().hex
+        vf = gw.make_vfolder(qsid, fid)
+        (vf / "sub").mkdir()
+        (vf / "sub" / "f").write_bytes(b"z" * MiB)
+        backing = gw.source / vf.relative_to(gw.mountpoint)
+        r = gw.request("POST", "/folder/delete", {"volume": gw.volume, "vfid": f"{qsid}/{fid}"})
+        assert r.status_code == 204, r.text
+        assert calls.read_text().splitlines() == [f"-rf {backing}"]
+        assert not backing.exists()
+        assert gw.describe(qsid)["used_bytes"] <= base + 2 * 4096  # the fan-out may stay

@@ -29,7 +29,7 @@ def emulator_module(vendor: str) -> Any:
 
 @contextmanager
 def vendor_gateway(vendor: str, base: Path, name: str = "vol",
-                   options: dict[str, Any] | None = None
+                   options: dict[str, Any] | None = None, env: dict[str, str] | None = None
                    ) -> Iterator[tuple[Gateway, Emulator]]:
     """The emulator and a gateway on it (both stopped at the end, whatever happened)."""
     source = private_source(base, name)
@@ -46,9 +46,9 @@ def vendor_gateway(vendor: str, base: Path, name: str = "vol",
         table = {"backend": vendor, "path": str(source), "mountpoint": str(mnt),
                  "options": {**module.gateway_options(emulator.url), **(options or {})}}
         config.write_text(tomli_w.dumps({"volume": {name: table}}))
-        env = {"SSL_CERT_FILE": str(emulator.cafile)} if emulator.cafile else {}
+        trust = {"SSL_CERT_FILE": str(emulator.cafile)} if emulator.cafile else {}
         gw = Gateway(source, mnt, base / f"{name}.sock", base / f"{name}.log", name,
-                     ["--config", str(config)], env)
+                     ["--config", str(config)], {**trust, **(env or {})})
         gw.start()
         yield gw, emulator
     finally:
