@@ -273,11 +273,15 @@ def _writes(path: Path) -> bool:
 def test_status_and_metrics_show_the_shared_ledger(cluster: Cluster) -> None:
     a = cluster.node("a")
     qsid, rel = cluster.scope(64 * MiB)
-    (a.mountpoint / rel / "f").write_bytes(os.urandom(MiB))
-    ledger = a.request("GET", "/").json()["ledger"]
+    ledger = wait_for(lambda: (lambda led: led if led["nodes"] else None)(
+        a.request("GET", "/").json()["ledger"]), 10, "a's first heartbeat")
     assert ledger["kind"] == "redis" and ledger["node"] == "a" and ledger["redis"] == "ok"
     assert ledger["round_trips"] > 0 and ledger["nodes"] == ["a"]
-    assert ledger["grants"][qsid]["bytes"] > 0  # held while it writes, given back when idle
+    with open(a.mountpoint / rel / "f", "wb") as f:  # open: the grant is held while it writes
+        f.write(os.urandom(MiB))
+        f.flush()
+        grants = a.request("GET", "/").json()["ledger"]["grants"]
+    assert grants[qsid]["bytes"] > 0
     metrics = a.request("GET", "/metrics").text
     assert 'fusegw_shared_ledger_up{volume="shared"} 1.0' in metrics
     assert "fusegw_shared_ledger_round_trips_total" in metrics
