@@ -179,12 +179,12 @@ def test_dry_run_and_the_old_map_format_still_work(tmp_path: Path) -> None:
 
 def test_apply_moves_every_vfolder_intact_and_the_gateway_serves_it(make_gateway,
                                                                     tmp_path: Path) -> None:
-    """300 vfolders in 25 scopes: the mount refuses the v2 volume naming `fusegw migrate`;
+    """2,000 vfolders in 40 scopes: the mount refuses the v2 volume naming `fusegw migrate`;
     after --apply --set-limits every vfolder is at its v3 path with identical content and
     metadata, each scope registered with its type and the largest old max_size, version 3,
     the report complete; the gateway mounts it and every scope's used_bytes equals du."""
     volume = tmp_path / "vol"
-    mapping = make_v2_volume(volume, 300, seed=5, scopes=25)
+    mapping = make_v2_volume(volume, 2000, seed=5, scopes=40)
     before = manifests(volume, {f: flat(f) for f in mapping})
     refused = make_gateway(source=volume, start=False).start(check=False)
     assert refused.returncode == 1 and "fusegw migrate" in refused.stderr, refused.stderr
@@ -193,11 +193,11 @@ def test_apply_moves_every_vfolder_intact_and_the_gateway_serves_it(make_gateway
                    "--set-limits", "--report", tmp_path / "r.csv", "--scan-size",
                    "--volume-id", "local:vol")
     assert proc.returncode == 0, proc.stderr
-    assert "migrate: 300/300 vfolders moved" in proc.stderr and "vfolders/s" in proc.stderr
+    assert "migrate: 2000/2000 vfolders moved" in proc.stderr and "vfolders/s" in proc.stderr
     assert_migrated(volume, mapping, before, limits=True)
     with open(tmp_path / "r.csv", newline="") as f:
         report = {r["folder_id"]: r for r in csv.DictReader(f)}
-    assert len(report) == 300
+    assert len(report) == 2000
     for fid, (qsid, size) in mapping.items():
         row = report[str(uuid.UUID(fid))]
         assert row["volume_id"] == "local:vol" and row["quota_scope_id"] == qsid
