@@ -45,7 +45,7 @@ FILES = ("README.md", "train.py", "data/part-0000.bin")  # per vfolder, a few by
 def settings(quick: bool) -> dict[str, Any]:
     return {"quick": quick, "vfolders": 5_000 if quick else 50_000,
             "files_per_vfolder": len(FILES), "vfolders_per_scope": 5,
-            "reps": 1 if quick else 2}
+            "reps": 1 if quick else 3}
 
 
 def drop_caches() -> None:
@@ -239,13 +239,15 @@ def markdown_lines(r: dict[str, Any]) -> list[str]:
     if "fusegw_missing_flags" in r:
         lines += [f"**fusegw not measured**: `fusegw migrate` lacks "
                   f"{', '.join(r['fusegw_missing_flags'])}.", ""]
-    lines += ["| side | seconds | vfolders/s | files/s |", "|---|---|---|---|"]
+    lines += ["| side | seconds, median (min-max) | vfolders/s | files/s |", "|---|---|---|---|"]
     labels = {"fusegw": f"`{r['command']}`",
               "native": "plain loop: makedirs + os.rename per vfolder"}
     for side in ("fusegw", "native"):
         if side in r:
             x = r[side]
-            lines.append(f"| {labels[side]} | {x['seconds']:.2f} | {x['vfolders_per_s']:,.0f} "
+            seconds = r["samples_seconds"][side]
+            lines.append(f"| {labels[side]} | {x['seconds']:.2f} ({min(seconds):.2f}-"
+                         f"{max(seconds):.2f}) | {x['vfolders_per_s']:,.0f} "
                          f"| {x['files_per_s']:,.0f} |")
     if "ratio" in r:
         lines += ["", f"fusegw / native (vfolders/s): {r['ratio']:.2f}"]
