@@ -386,6 +386,21 @@ def mount_at(path: Path) -> MountEntry | None:
     return found
 
 
+def fusegw_mounts_of(source: Path) -> list[Path]:
+    """Where this node's gateways serve `source` (their fsname is `fusegw:<source>`), read
+    from the kernel's mount table; whatever the backend or ledger (not every gateway holds
+    the volume's lease)."""
+    wanted = "fusegw:" + os.path.realpath(source)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            rest = fields[fields.index("-") + 1:]
+            if rest[0] == "fuse.fusegw" and _unescape(rest[1]) == wanted:
+                found.append(Path(_unescape(fields[4])))
+    return found
+
+
 def fuse_answers(path: Path, timeout: float = STATFS_TIMEOUT) -> bool | None:
     """True if the FUSE daemon behind `path` answers, False if its connection is gone, None
     if it does not answer in time (alive but stopped or stuck).

@@ -25,6 +25,7 @@ import pytest
 from btrfs_fixtures import make_btrfs
 from conftest import du_bytes, new_qsid, scope_hex, wait_for
 from postgres_fixture import PostgresServer, postgres_server
+from redis_fixture import start_redis, stop
 from v2_volumes import flat, make_v2_volume, manifests, v3, write_mapping
 
 from fusegw.ids import QuotaScopeID
@@ -337,6 +338,27 @@ def test_a_served_or_locked_volume_is_refused(tmp_path: Path) -> None:
     finally:
         lease.release()
     assert (volume / "version.txt").read_text() == "3\n"
+
+
+def test_a_volume_a_gateway_serves_without_a_lease_is_refused(make_gateway, tmp_path: Path
+                                                              ) -> None:
+    """A gateway that holds no lease (here on the shared ledger) still serves the volume: the
+    mount table names it (its fsname is fusegw:<volume>), and --apply is refused, exit 4,
+    naming where it is mounted."""
+    server = start_redis(tmp_path)
+    try:
+        volume = tmp_path / "vol"
+        mapping = make_v2_volume(volume, 3, seed=21)
+        (volume / "version.txt").write_text("3\n")  # half-migrated: the mount takes it
+        csv_path = write_mapping(tmp_path / "m.csv", mapping)
+        gw = make_gateway(source=volume, extra=["-o", f"ledger=redis,redis_url={server.url}"])
+        proc = migrate(volume, "--mapping", csv_path, "--apply")
+        assert proc.returncode == 4, proc.stderr
+        assert f"served by fusegw at {gw.mountpoint}" in proc.stderr
+        assert all((volume / flat(f)).is_dir() for f in mapping)  # nothing moved
+        gw.stop()
+    finally:
+        stop(server)
 
 
 # -- killed and re-run -------------------------------------------------------------------------

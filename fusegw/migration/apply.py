@@ -44,6 +44,7 @@ from fusegw.layout import STATE_DIR, write_version
 from fusegw.migration import discover, transfer
 from fusegw.migration.journal import Journal
 from fusegw.migration.plan import Leftover, Move, Plan
+from fusegw.settings import fusegw_mounts_of
 from fusegw.state.lease import Lease
 from fusegw.state.registry import Registry, ScopeRecord
 from fusegw.state.store import StateDir
@@ -167,6 +168,11 @@ class Migration:
     def exclusive(self) -> Iterator[None]:
         """The lock, the lease (unless forced) and the journal and registry loaded."""
         with migration_lock(self.state):
+            served = [] if self.force_while_served else fusegw_mounts_of(self.volume)
+            if served:
+                raise VolumeRefused(f"{self.volume} is served by fusegw at "
+                                    f"{', '.join(map(str, served))} on this node (unmount it, "
+                                    "or --force-while-served)")
             lease = None if self.force_while_served else Lease(self.state)
             if lease is not None:
                 try:
