@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 from btrfs_fixtures import make_btrfs
-from conftest import du_bytes, new_qsid, scope_hex, wait_for
+from conftest import du_bytes, free_port, new_qsid, scope_hex, wait_for
+from emulators.common import start_emulator
 from postgres_fixture import PostgresServer, postgres_server
 from redis_fixture import start_redis, stop
 from v2_volumes import flat, make_v2_volume, manifests, v3, write_mapping
+from vendor_fixture import emulator_module
 
 from fusegw.ids import QuotaScopeID
 from fusegw.migration import transfer
@@ -359,6 +362,41 @@ def test_a_volume_a_gateway_serves_without_a_lease_is_refused(make_gateway, tmp_
         gw.stop()
     finally:
         stop(server)
+
+
+def test_apply_on_an_appliance_makes_its_objects(tmp_path: Path) -> None:
+    """`--config FILE --volume NAME` gives the backend and its options: on `netapp` (against
+    the ONTAP emulator, tests/emulators/netapp.py) each new scope is a qtree with a tree quota
+    rule carrying the largest old max_size, and the vfolders move into the qtrees."""
+    volume = tmp_path / "private" / "vol"
+    volume.parent.mkdir(mode=0o700)
+    mapping = make_v2_volume(volume, 6, seed=22, scopes=2)
+    csv_path = write_mapping(tmp_path / "m.csv", mapping)
+    emulator = start_emulator("netapp", volume, free_port())
+    try:
+        config = tmp_path / "fusegw.toml"
+        options = emulator_module("netapp").gateway_options(emulator.url)
+        config.write_text(tomli_w.dumps({"volume": {"vol": {
+            "backend": "netapp", "path": str(volume), "mountpoint": str(tmp_path / "mnt"),
+            "options": options}}}))
+        proc = migrate(volume, "--mapping", csv_path, "--apply", "--set-limits", "--config",
+                       config, "--volume", "vol")
+        assert proc.returncode == 0, proc.stderr
+        state = emulator.state()
+        qtrees = {q["name"] for q in state["qtrees"]}
+        expected = {uuid.UUID(q.split(":", 1)[1]).hex for q, _ in mapping.values()}
+        assert qtrees >= expected, (qtrees, expected)
+        limits = {r["qtree"]: r["hard_limit"] for r in state["rules"]}
+        largest: dict[str, int] = {}
+        for qsid, size in mapping.values():
+            if size:
+                hex_ = uuid.UUID(qsid.split(":", 1)[1]).hex
+                largest[hex_] = max(largest.get(hex_, 0), size * 2**20)
+        assert largest and all(limits[h] == want for h, want in largest.items()), limits
+        for fid, (qsid, _) in mapping.items():
+            assert (volume / v3(qsid, fid)).is_dir()
+    finally:
+        emulator.stop()
 
 
 # -- killed and re-run -------------------------------------------------------------------------

@@ -44,7 +44,11 @@ def register(sub: Any) -> None:
                      help="write the plan as a POSIX shell script (vfs, btrfs)")
     act.add_argument("--dry-run", action="store_true",
                      help="print the plan only (the default; kept for compatibility)")
-    act.add_argument("--backend", default="vfs",
+    act.add_argument("--config", type=Path, metavar="FILE",
+                     help="the node's configuration: --volume NAME's table gives the backend "
+                          "and its options (an appliance's endpoint and credentials)")
+    act.add_argument("--volume", metavar="NAME", help="with --config: the volume's table")
+    act.add_argument("--backend", default=None,
                      help="the volume's quota backend, which creates the scopes (default vfs)")
     act.add_argument("--set-limits", action="store_true",
                      help="give each new scope the largest old max_size of its vfolders")
@@ -106,8 +110,9 @@ def _run(args: argparse.Namespace, volume: Path) -> int:
     default = QuotaScopeID.parse(args.default_scope, "--default-scope") \
         if args.default_scope else None
     table = sources.load(args.dsn, args.mapping, args.map, args.db_volume)
+    name, options = _backend_settings(args)
     try:
-        backend = get_backend(args.backend, volume)
+        backend = get_backend(name, volume, options)
     except ValueError as e:
         raise InvalidParameters(str(e)) from None
     volume_id = args.volume_id or volume.resolve().name
@@ -141,7 +146,7 @@ def _run(args: argparse.Namespace, volume: Path) -> int:
                      {p: r.qsid for p, r in migration.registry.scopes.items()}, default,
                      migration.journal.copies)
     if args.script:
-        write_script(args.script, render(volume, plan, migration.registry.scopes, args.backend,
+        write_script(args.script, render(volume, plan, migration.registry.scopes, backend.name,
                                          args.set_limits, args.quarantine))
     else:
         for m in plan.moves:
@@ -167,3 +172,23 @@ def _list_leftovers(leftovers: list[Any], quarantine: bool = False) -> None:
     elif leftovers:
         print(f"{len(leftovers)} leftovers (exit status {EXIT_LEFTOVERS}); --quarantine moves "
               "them into .fusegw/unclaimed/", file=sys.stderr)
+
+
+def _backend_settings(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """The backend that creates the scopes and its options: `--backend`, else the
+    configuration's `[volume.NAME]` table (`--config FILE --volume NAME`), else vfs."""
+    if args.config is None:
+        return args.backend or "vfs", {}
+    from fusegw.config import GATEWAY_OPTION_KEYS, ConfigError, load_config
+
+    if not args.volume:
+        raise InvalidParameters("--config needs --volume NAME: the volume's table")
+    try:
+        node = load_config(args.config, volume=args.volume)
+    except ConfigError as e:
+        raise InvalidParameters(e.one_line()) from None
+    table = node.volume.get(args.volume)
+    if table is None:
+        raise InvalidParameters(f"{args.config} has no [volume.{args.volume}]")
+    options = {k: v for k, v in table.options.items() if k not in GATEWAY_OPTION_KEYS}
+    return args.backend or table.backend, options
