@@ -16,6 +16,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -372,17 +373,23 @@ def _unescape(field_: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
 
 
-def mount_at(path: Path) -> MountEntry | None:
-    """The topmost mount at `path` (resolved), read from the kernel's table: no syscall
-    reaches the mounted filesystem, so a dead or hung FUSE mount cannot stall this."""
-    where = os.path.realpath(path)
-    found = None
+def mounts() -> Iterator[MountEntry]:
+    """The kernel's mount table, in mount order: no syscall reaches a mounted filesystem, so
+    a dead or hung FUSE mount cannot stall this."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             rest = fields[fields.index("-") + 1:]
-            if _unescape(fields[4]) == where:
-                found = MountEntry(Path(where), rest[0], _unescape(rest[1]))
+            yield MountEntry(Path(_unescape(fields[4])), rest[0], _unescape(rest[1]))
+
+
+def mount_at(path: Path) -> MountEntry | None:
+    """The topmost mount at `path` (resolved)."""
+    where = Path(os.path.realpath(path))
+    found = None
+    for entry in mounts():
+        if entry.mountpoint == where:
+            found = entry
     return found
 
 
@@ -391,14 +398,7 @@ def fusegw_mounts_of(source: Path) -> list[Path]:
     from the kernel's mount table; whatever the backend or ledger (not every gateway holds
     the volume's lease)."""
     wanted = "fusegw:" + os.path.realpath(source)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            rest = fields[fields.index("-") + 1:]
-            if rest[0] == "fuse.fusegw" and _unescape(rest[1]) == wanted:
-                found.append(Path(_unescape(fields[4])))
-    return found
+    return [m.mountpoint for m in mounts() if m.is_fusegw and m.source == wanted]
 
 
 def fuse_answers(path: Path, timeout: float = STATFS_TIMEOUT) -> bool | None:
