@@ -47,32 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    from emulators.common import (
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Receive,
-        Request,
-        Response,
-        Scope,
-        Send,
-        allocated_bytes,
-        inodes,
-    )
-except ImportError:  # served by run.py, which puts tests/emulators itself on the path
-    from common import (  # type: ignore[no-redef]
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Receive,
-        Request,
-        Response,
-        Scope,
-        Send,
-        allocated_bytes,
-        inodes,
-    )
+from emulators.common import (
+    EmulatorApp,
+    Fault,
+    HTTPError,
+    Request,
+    Response,
+    allocated_bytes,
+    inodes,
+)
 
 TLS = True
 USER = "admin"
@@ -183,20 +166,6 @@ class GPFSEmulator(EmulatorApp):
         self.route("GET", f"{API}/jobs/{{job_id}}", self.get_job)
 
     # -- the common hooks ---------------------------------------------------------------------
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Lifespan answered in full (hypercorn waits for `startup.complete` before it
-        listens); HTTP as EmulatorApp serves it."""
-        if scope["type"] != "lifespan":
-            await super().__call__(scope, receive, send)
-            return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def error_body(self, status: int, message: str, code: Any) -> Any:
         return {"status": {"code": status, "message": message}}

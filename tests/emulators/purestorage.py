@@ -37,26 +37,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-try:  # imported by the tests as emulators.purestorage, by run.py as purestorage
-    from emulators.common import (
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        logical_bytes,
-    )
-except ImportError:
-    from common import (  # type: ignore[no-redef]
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        allocated_bytes,
-        logical_bytes,
-    )
+from emulators.common import (
+    EmulatorApp,
+    Fault,
+    HTTPError,
+    Request,
+    Response,
+    allocated_bytes,
+    logical_bytes,
+)
 
 TLS = False
 API_TOKEN = "T-5a1f0c3e-7d2b-4e59-9c81-2f6a0b4d7e13"
@@ -120,19 +109,6 @@ class FlashBlade(EmulatorApp):
         return {"file_systems": [FS_NAME, OTHER_FS], "sessions": len(self.sessions),
                 "logins": self.logins, "failed_logins": self.failed_logins,
                 "expired_sessions": self.expired}
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The lifespan protocol answered in full: hypercorn waits for startup.complete
-        before it listens (common.EmulatorApp answers the shutdown only)."""
-        if scope["type"] != "lifespan":
-            return await super().__call__(scope, receive, send)
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     # -- the request log, with the credential headers (for the exact-request tests) --------------
 

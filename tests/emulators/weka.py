@@ -55,26 +55,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-try:  # imported by the tests as emulators.weka, served by run.py as weka
-    from emulators.common import (
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        Send,
-        allocated_bytes,
-    )
-except ImportError:
-    from common import (  # type: ignore[no-redef]
-        EmulatorApp,
-        Fault,
-        HTTPError,
-        Request,
-        Response,
-        Send,
-        allocated_bytes,
-    )
+from emulators.common import (
+    EmulatorApp,
+    Fault,
+    HTTPError,
+    Request,
+    Response,
+    Send,
+    allocated_bytes,
+)
 
 TLS = False
 USERNAME = "fusegw-admin"
