@@ -287,3 +287,20 @@ def test_status_and_metrics_show_the_shared_ledger(cluster: Cluster) -> None:
     assert "fusegw_shared_ledger_round_trips_total" in metrics
     wait_for(lambda: not a.request("GET", "/").json()["ledger"]["grants"], 10,
              "the idle grant to go back")
+
+
+def test_a_tick_costs_a_few_round_trips_however_many_scopes_are_busy(cluster: Cluster) -> None:
+    """30 scopes written at once, each holding a grant and a commit to send: a tick commits
+    and renews them all in one pipelined round trip (plus its heartbeat and the read of the
+    quiet scopes), not one per scope."""
+    a = cluster.node("a")
+    rels = [cluster.scope(64 * MiB)[1] for _ in range(30)]
+    for rel in rels:
+        (a.mountpoint / rel / "f").write_bytes(os.urandom(64 * 1024))
+    first = a.request("GET", "/").json()["ledger"]
+    wait_for(lambda: a.request("GET", "/").json()["ledger"]["ticks"] >= first["ticks"] + 3,
+             20, "three more ticks")
+    last = a.request("GET", "/").json()["ledger"]
+    trips = last["round_trips"] - first["round_trips"]
+    ticks = last["ticks"] - first["ticks"]
+    assert trips <= 4 * ticks, (trips, ticks)  # one per scope would be 30 a tick

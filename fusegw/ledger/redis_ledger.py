@@ -36,7 +36,7 @@ from fusegw.errors import GatewayError
 from fusegw.ledger.grants import ScopeGrant
 from fusegw.ledger.ledger import DIRTY_FILE, Ledger
 from fusegw.ledger.reservation import NOTHING, Reservation
-from fusegw.ledger.shared import Figures, SharedScopes
+from fusegw.ledger.shared import Commit, Figures, SharedScopes
 from fusegw.ledger.usage import QuotaExceeded, ScopeUsage
 from fusegw.state.store import StateDir, UnreadableState, VolumeWriteError
 
@@ -84,6 +84,7 @@ class RedisLedger(Ledger):
         self.nodes: dict[str, int] = {}  # every node's heartbeat expiry (Redis clock, ms)
         self.commits = 0
         self.refused_commits = 0
+        self.ticks = 0
         self._seq = int(time.time() * 1000)  # above any seq this node sent before a restart
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -206,7 +207,8 @@ class RedisLedger(Ledger):
                 "redis": "ok" if since is None else "unreachable",
                 "unreachable_seconds": None if since is None else
                 round(time.monotonic() - since, 3),
-                "round_trips": self.shared.calls, "commits": self.commits,
+                "round_trips": self.shared.calls, "ticks": self.ticks,
+                "commits": self.commits,
                 "refused_commits": self.refused_commits,
                 "nodes": sorted(n for n, exp in self.nodes.items() if exp >= self.redis_now_ms),
                 "grants": {str(s.qsid): {"bytes": g.held_bytes, "inodes": g.held_inodes}
@@ -338,44 +340,66 @@ class RedisLedger(Ledger):
                 log.exception("shared ledger tick")
 
     async def tick(self) -> None:
+        self.ticks += 1
         self.redis_now_ms, self.nodes = await self.call(self.shared.heartbeat)
         if self._resync and "scopes" in self.handlers:
             self._resync = False
             await self.handlers["scopes"]({"kind": "scopes"})
         quiet: list[ScopeUsage] = []
+        busy: list[ScopeUsage] = []
         for pathname, grant in list(self.grants.items()):
             scope = self.scopes.get(pathname)
-            if scope is None or scope.rebuilding:
-                continue
-            if grant.busy():
-                await self.tick_scope(scope)
-            else:
-                quiet.append(scope)
+            if scope is not None and not scope.rebuilding:
+                (busy if grant.busy() else quiet).append(scope)
+        for start in range(0, len(busy), READ_BATCH):
+            await self._tick_busy(busy[start:start + READ_BATCH])
         await self._read_quiet(quiet)
         if self._rebuilds is not None:
             await self._rebuilds.adopt_vanished()
 
-    async def tick_scope(self, scope: ScopeUsage) -> None:
-        grant = self.grants[scope.pathname]
-        async with grant.lock:
-            commit = grant.cut(self.next_seq())
-            release = grant.idle(scope, time.monotonic(), IDLE_SECONDS)
-            if release:
-                grant.granted(0, 0, 0.0)  # spent from no more, whatever the answer
+    async def _tick_busy(self, scopes: list[ScopeUsage]) -> None:
+        """Commit, renew or give back, and read, scopes this node changes or holds a grant
+        in: one pipelined round trip. A scope whose grant is in use meanwhile (a refill, a
+        stop for a rebuild) waits for the next tick."""
+        taken: list[tuple[ScopeUsage, ScopeGrant, Commit | None, bool]] = []
+        answers: list[tuple[int, Figures]] = []
+        try:
+            for scope in scopes:
+                grant = self.grants[scope.pathname]
+                try:
+                    grant.lock.acquire_nowait()
+                except trio.WouldBlock:
+                    continue
+                commit = grant.cut(self.next_seq())
+                release = grant.idle(scope, time.monotonic(), IDLE_SECONDS)
+                if release:
+                    grant.granted(0, 0, 0.0)  # spent from no more, whatever the answer
+                taken.append((scope, grant, commit, release))
             asked = time.monotonic()
-            status, figures = await self.call(self.shared.tick, scope.pathname, commit,
-                                              release)
-            if commit is not None:
-                grant.outbox = None
-                self.commits += 1
-            if status < 0:  # counted against figures a rebuild replaced: rebuild again
-                self.refused_commits += 1
-                log.warning("commit refused scope=%s: a rebuild this node missed replaced "
-                            "the figures; rebuilding", scope.qsid)
-            grant.granted(figures.held_bytes, figures.held_inodes, asked)
-            grant.reclaim = False if release else grant.reclaim
-            self.apply(scope, figures)
-        self._follow(scope, status, figures)
+            answers = await self.call(self.shared.tick_many,
+                                      [(s.pathname, c, r) for s, _, c, r in taken])
+            for (scope, grant, commit, release), (status, figures) in zip(
+                    taken, answers, strict=True):
+                self._ticked(scope, grant, commit, release, status, figures, asked)
+        finally:
+            for _, grant, _, _ in taken:
+                grant.lock.release()
+        for (scope, _, _, _), (status, figures) in zip(taken, answers, strict=False):
+            self._follow(scope, status, figures)
+
+    def _ticked(self, scope: ScopeUsage, grant: ScopeGrant, commit: Commit | None,
+                release: bool, status: int, figures: Figures, asked: float) -> None:
+        """Take in one scope's tick answer (its grant's lock held)."""
+        if commit is not None:
+            grant.outbox = None
+            self.commits += 1
+        if status < 0:  # counted against figures a rebuild replaced: rebuild again
+            self.refused_commits += 1
+            log.warning("commit refused scope=%s: a rebuild this node missed replaced the "
+                        "figures; rebuilding", scope.qsid)
+        grant.granted(figures.held_bytes, figures.held_inodes, asked)
+        grant.reclaim = False if release else grant.reclaim
+        self.apply(scope, figures)
 
     async def _read_quiet(self, scopes: list[ScopeUsage]) -> None:
         """The figures of scopes this node neither changes nor holds a grant in: read in
