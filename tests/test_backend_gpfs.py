@@ -12,16 +12,15 @@ import os
 import ssl
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import tomli_w
-from conftest import Gateway, du_bytes, free_port, new_qsid, private_source, scope_hex, wait_for
+from conftest import Gateway, du_bytes, new_qsid, scope_hex, wait_for
 from emulators import gpfs as emu
-from emulators.common import Emulator, start_emulator
+from emulators.common import Emulator
 from vendor_fixture import sent, vendor_gateway
 
 from backends.gpfs import GPFSBackend, SpectrumScaleBackend
@@ -45,33 +44,11 @@ def gpfs(public_dir: Path) -> Iterator[tuple[Gateway, Emulator]]:
         yield pair
 
 
-@contextmanager
 def own_gateway(base: Path, name: str, backend: str = "gpfs",
                 options: dict[str, Any] | None = None, trust_ca: bool = True
-                ) -> Iterator[tuple[Gateway, Emulator]]:
-    """As vendor_fixture.vendor_gateway, with the backend's name and whether the gateway
-    trusts the emulator's CA (SSL_CERT_FILE) chosen by the test."""
-    source = private_source(base, name)
-    tls = base / f"{name}-tls"
-    tls.mkdir()
-    emulator = start_emulator("gpfs", source, free_port(), tls)
-    gw: Gateway | None = None
-    try:
-        mnt = base / f"{name}.mnt"
-        mnt.mkdir()
-        config = base / f"{name}.toml"
-        table = {"backend": backend, "path": str(source), "mountpoint": str(mnt),
-                 "options": {**emu.gateway_options(emulator.url), **(options or {})}}
-        config.write_text(tomli_w.dumps({"volume": {name: table}}))
-        env = {"SSL_CERT_FILE": str(emulator.cafile)} if trust_ca else {}
-        gw = Gateway(source, mnt, base / f"{name}.sock", base / f"{name}.log", name,
-                     ["--config", str(config)], env)
-        gw.start()
-        yield gw, emulator
-    finally:
-        if gw is not None:
-            gw.stop()
-        emulator.stop()
+                ) -> AbstractContextManager[tuple[Gateway, Emulator]]:
+    """A gateway of its own on a new emulator, its backend name and CA trust chosen."""
+    return vendor_gateway("gpfs", base, name, options, backend=backend, trust_ca=trust_ca)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -29,9 +29,12 @@ def emulator_module(vendor: str) -> Any:
 
 @contextmanager
 def vendor_gateway(vendor: str, base: Path, name: str = "vol",
-                   options: dict[str, Any] | None = None, env: dict[str, str] | None = None
+                   options: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                   backend: str | None = None, trust_ca: bool = True
                    ) -> Iterator[tuple[Gateway, Emulator]]:
-    """The emulator and a gateway on it (both stopped at the end, whatever happened)."""
+    """The emulator and a gateway on it (both stopped at the end, whatever happened).
+    `backend`: the name the volume's table gives (an alias of the vendor's); `trust_ca`:
+    whether the gateway trusts a TLS emulator's certificate (SSL_CERT_FILE)."""
     source = private_source(base, name)
     module = emulator_module(vendor)
     tls_dir = base / f"{name}-tls" if module.TLS else None
@@ -43,10 +46,11 @@ def vendor_gateway(vendor: str, base: Path, name: str = "vol",
         mnt = base / f"{name}.mnt"
         mnt.mkdir()
         config = base / f"{name}.toml"
-        table = {"backend": vendor, "path": str(source), "mountpoint": str(mnt),
+        table = {"backend": backend or vendor, "path": str(source), "mountpoint": str(mnt),
                  "options": {**module.gateway_options(emulator.url), **(options or {})}}
         config.write_text(tomli_w.dumps({"volume": {name: table}}))
-        trust = {"SSL_CERT_FILE": str(emulator.cafile)} if emulator.cafile else {}
+        trust = ({"SSL_CERT_FILE": str(emulator.cafile)} if emulator.cafile and trust_ca
+                 else {})
         gw = Gateway(source, mnt, base / f"{name}.sock", base / f"{name}.log", name,
                      ["--config", str(config)], {**trust, **(env or {})})
         gw.start()
